@@ -1,0 +1,258 @@
+"""Speed and memory of the models (``cxrlib bench``): how long would each stage take on this machine?
+
+For each model: parameters, training-step throughput (forward + backward + Adam step on the
+losses of method.md section 3), inference throughput (eval, no grad) and peak memory, on random
+inputs of the paper's shapes (method.md section 2: 320x256 or 640x512, H and W multiples of 32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import gc
+import platform
+import resource
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from cxrlib.model import MODEL_NAMES, build_model
+from cxrlib.runtime import default_device
+
+__all__ = ["benchmark_models", "format_benchmark", "main"]
+
+_UNETS = ("dual", "mtunet", "resse_unet")  # the models that take base_width
+
+
+def _amp_dtype(device: torch.device, amp) -> torch.dtype | None:
+    """AMP only where it applies (style.md, principle 12): CUDA, bf16 if supported else fp16."""
+    if device.type != "cuda" or amp in (False, "none"):
+        return None
+    if amp in (None, True, "auto"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        name = platform.processor() or "cpu"
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), name)
+        except OSError:
+            pass
+        return f"{name} ({torch.get_num_threads()} threads)"
+    return device.type
+
+
+def _sync(device: torch.device) -> None:
+    # kernels run asynchronously; time only finished work
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _release_freed_memory() -> None:
+    """Return freed heap pages to the OS (glibc), so the next model's RSS growth is its own."""
+    gc.collect()
+    libc_name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
+    if libc_name:
+        try:
+            ctypes.CDLL(libc_name).malloc_trim(0)
+        except (OSError, AttributeError):  # musl and others have no malloc_trim
+            pass
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith(field + ":"))
+
+
+class _PeakMemory:
+    """Peak memory of a block of work, in MiB.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (tensors only). CPU: the increase of the process's
+    peak resident set over its resident set at the start; on Linux the peak is reset first
+    (``/proc/self/clear_refs``) so each model is measured alone, elsewhere ``ru_maxrss`` is a
+    process-lifetime peak and a model smaller than an earlier one can show 0.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.proc = False
+        if device.type == "cuda":
+            self.label = "cuda max_memory_allocated"
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # "5" resets VmHWM, the peak RSS (Linux >= 4.0)
+                self.proc = True
+                self.label = "peak RSS increase"
+            except OSError:
+                self.label = "ru_maxrss increase"
+
+    def _rss_kib(self, peak: bool) -> float:
+        if self.proc:
+            return _proc_status_kib("VmHWM" if peak else "VmRSS")
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return kib / 1024 if sys.platform == "darwin" else kib  # macOS reports bytes
+
+    def __enter__(self):
+        _release_freed_memory()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.proc:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.start = self._rss_kib(peak=False)
+        else:
+            self.start = self._rss_kib(peak=True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self.mib = max(0.0, self._rss_kib(peak=True) - self.start) / 1024
+
+
+def _losses(out: dict, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CE on logits plus KL(target || prediction) on the saliency map (method.md section 3)."""
+    loss = F.cross_entropy(out["logits"].float(), y)
+    if "saliency_log" in out:
+        log_p = out["saliency_log"].float().flatten(1)
+        loss = loss + F.kl_div(log_p, target.flatten(1), reduction="batchmean")
+    return loss
+
+
+def _throughput(step, n_images: int, steps: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):  # cudnn autotuning, allocator growth, lazy init
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return n_images * steps / (time.perf_counter() - start)
+
+
+def _bench_one(name, *, image_size, batch_size, device, steps, warmup, dtype, base_width) -> dict:
+    h, w = image_size
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch_size, 1, h, w, generator=gen).to(device)
+    y = torch.randint(0, 3, (batch_size,), generator=gen).to(device)
+    target = torch.rand(batch_size, 1, h, w, generator=gen)
+    target = (target / target.sum(dim=(2, 3), keepdim=True)).to(device)  # sums to 1 per image
+    kwargs = {"base_width": base_width} if name in _UNETS else {}
+    autocast = dict(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+
+    with _PeakMemory(device) as memory:
+        model = build_model(name, **kwargs).to(device)
+        params = sum(p.numel() for p in model.parameters())
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+
+        def train_step():
+            with torch.autocast(**autocast):
+                loss = _losses(model(x), y, target)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+        def infer_step():
+            with torch.no_grad(), torch.autocast(**autocast):
+                model(x)
+
+        model.train()
+        train_rate = _throughput(train_step, batch_size, steps, warmup, device)
+        model.eval()
+        infer_rate = _throughput(infer_step, batch_size, steps, warmup, device)
+    del model, opt
+    return {
+        "model": name,
+        "device": _device_name(device),
+        "image_size": f"{h}x{w}",
+        "batch_size": batch_size,
+        "amp": {torch.bfloat16: "bf16", torch.float16: "fp16", None: "none"}[dtype],
+        "params": params,
+        "train_img_s": train_rate,
+        "infer_img_s": infer_rate,
+        "peak_mem_mib": memory.mib,
+        "memory_measure": memory.label,
+    }
+
+
+def benchmark_models(names=("dual", "mtunet", "densenet"), *, image_size=(320, 256), batch_size: int = 2,
+                     device=None, steps: int = 3, warmup: int = 1, amp=None, base_width: int = 64) -> list[dict]:
+    """One row per model: params, train/inference images per second, peak memory, device, AMP.
+
+    ``amp``: None/"auto" (CUDA: bf16 if supported else fp16; none elsewhere), "bf16", "fp16",
+    or False/"none". Inputs are random: this measures cost, not accuracy.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    h, w = image_size
+    if h % 32 or w % 32:
+        raise ValueError(f"image_size must be multiples of 32, got {tuple(image_size)}")
+    unknown = [n for n in names if n not in MODEL_NAMES]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; valid names: {', '.join(MODEL_NAMES)}")
+    dtype = _amp_dtype(device, amp)
+    rows = []
+    for name in names:
+        rows.append(_bench_one(name, image_size=(h, w), batch_size=batch_size, device=device,
+                               steps=steps, warmup=warmup, dtype=dtype, base_width=base_width))
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def format_benchmark(rows: list[dict]) -> str:
+    """Aligned text table of ``benchmark_models`` rows; the memory column names its measure."""
+    if not rows:
+        return "(no models)"
+    measure = rows[0]["memory_measure"]
+    header = ("model", "params", "train img/s", "infer img/s", f"peak MiB ({measure})",
+              "amp", "batch", "image", "device")
+    cells = [header] + [
+        (r["model"], f"{r['params'] / 1e6:.2f}M", f"{r['train_img_s']:.2f}", f"{r['infer_img_s']:.2f}",
+         f"{r['peak_mem_mib']:.0f}", r["amp"], str(r["batch_size"]), r["image_size"], r["device"])
+        for r in rows
+    ]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    left = {0, 5, 7, 8}  # text columns left-aligned, numbers right-aligned
+    lines = ["  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in cells]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="cxrlib bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["dual", "mtunet", "densenet"], choices=MODEL_NAMES)
+    parser.add_argument("--image-size", nargs=2, type=int, default=[320, 256], metavar=("H", "W"))
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", default=None, help="default: cxrlib.runtime.default_device()")
+    parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
+    parser.add_argument("--base-width", type=int, default=64)
+    args = parser.parse_args(argv)
+    rows = benchmark_models(args.models, image_size=tuple(args.image_size), batch_size=args.batch_size,
+                            device=args.device, steps=args.steps, warmup=args.warmup, amp=args.amp,
+                            base_width=args.base_width)
+    print(format_benchmark(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,222 @@
+"""Losses of the three stages (method.md, section 3): saliency KL, cross-entropy, the
+uncertainty-weighted joint loss, and the contrastive losses of the pre-training stage.
+
+All are pure functions of tensors with explicit arguments; the one module,
+`UncertaintyWeightedLoss`, only holds the two learnable log-sigmas.
+
+Contrastive losses take an optional ``gather`` hook that turns the local batch into the global
+one before the loss is formed (for example an all-gather that keeps gradients, under
+distributed training). ``gather=None`` (default) uses the local batch only.
+- label-based losses (`triplet_all`, `supcon`): ``embeddings, labels = gather(embeddings, labels)``
+- `nt_xent`: ``z1, z2 = gather(z1), gather(z2)``
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# TripletMarginLoss / F.pairwise_distance add this to the difference vector.
+_PAIRWISE_EPS = 1e-6
+
+
+def saliency_kl(log_pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """KL(target || prediction) summed over pixels, mean over the batch (method.md, section 3).
+
+    Follows the paper's code: ``KLDivLoss(reduction="batchmean")`` with the prediction a
+    log-softmax over all pixels and the target normalised to sum 1 per image.
+
+    Args:
+        log_pred: (B, 1, H, W) log-probabilities over the pixels of each image.
+        target: (B, 1, H, W) non-negative maps (any scale; normalised here).
+        eps: a target whose pixel sum is <= eps is treated as empty.
+
+    Raises:
+        ValueError: shapes differ, a target has a negative value, or sums to (about) zero.
+    """
+    if log_pred.shape != target.shape:
+        raise ValueError(f"log_pred {tuple(log_pred.shape)} != target {tuple(target.shape)}")
+    log_p = log_pred.float().flatten(1)  # (B, H*W); float32 also under autocast
+    t = target.float().flatten(1)
+    sums = t.sum(dim=1, keepdim=True)  # (B, 1)
+    # One host sync for both checks.
+    empty, negative = torch.stack([(sums <= eps).any(), (t < 0).any()]).tolist()
+    if negative:
+        raise ValueError("saliency target has negative values")
+    if empty:
+        raise ValueError("saliency target sums to zero for at least one image")
+    t = t / sums
+    # xlogy gives 0 * log 0 = 0, as KLDivLoss does.
+    return (torch.xlogy(t, t) - t * log_p).sum() / log_p.shape[0]
+
+
+def classification_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on logits (B, C) and labels (B,), no class weights (method.md, section 3)."""
+    return F.cross_entropy(logits, labels)
+
+
+def uncertainty_weighted(
+    ce: torch.Tensor, kl: torch.Tensor, log_sigma_c: torch.Tensor, log_sigma_s: torch.Tensor
+) -> torch.Tensor:
+    """Joint loss ``CE / s_c^2 + log(s_c + 1) + KL / (2 s_s^2) + log(s_s + 1)``, s = exp(log_sigma).
+
+    Homoscedastic-uncertainty weighting (Kendall et al. 2018) in the form of MT-UNet's code
+    (Zhu et al. 2022), which the paper's code reuses (method.md, section 3). The ``+ 1`` inside the
+    logs keeps the regulariser positive; classification counts as the "classification" term
+    (1/s^2), saliency as the "regression" term (1/(2 s^2)).
+    """
+    s_c = torch.exp(log_sigma_c)
+    s_s = torch.exp(log_sigma_s)
+    return ce / s_c**2 + torch.log(s_c + 1) + kl / (2 * s_s**2) + torch.log(s_s + 1)
+
+
+class UncertaintyWeightedLoss(nn.Module):
+    """Holds the learnable log-sigmas of `uncertainty_weighted` (both initialised at 0).
+
+    As in the paper's code only the classification sigma is learned by default; set
+    ``learn_saliency_sigma=True`` to learn the saliency one too. Add this module's parameters
+    to the optimiser.
+    """
+
+    def __init__(self, *, learn_saliency_sigma: bool = False) -> None:
+        super().__init__()
+        self.log_sigma_c = nn.Parameter(torch.zeros(()))
+        self.log_sigma_s = nn.Parameter(torch.zeros(()), requires_grad=learn_saliency_sigma)
+
+    def forward(self, ce: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+        return uncertainty_weighted(ce, kl, self.log_sigma_c, self.log_sigma_s)
+
+
+def _same_label(labels: torch.Tensor) -> torch.Tensor:
+    labels = labels.reshape(-1)
+    return labels[:, None] == labels[None, :]  # (B, B) bool
+
+
+def triplet_all(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float = 1.0,
+    gather: Callable | None = None,
+) -> torch.Tensor:
+    """Label-supervised triplet margin loss over every valid triplet in the batch.
+
+    The paper code's active contrastive loss (method.md, section 3). For each (a, p, n) with
+    ``a != p``, ``label[p] == label[a]`` and ``label[n] != label[a]``:
+    ``max(d(a, p) - d(a, n) + margin, 0)`` with ``d(x, y) = ||x - y + 1e-6||_2``, exactly the
+    per-triplet value of ``torch.nn.TripletMarginLoss(margin, p=2)``; the loss is the mean over
+    all valid triplets, zero-loss ones included.
+
+    Args:
+        embeddings: (B, D) features; (B, ...) is flattened to (B, D).
+        labels: (B,) integer class labels.
+        gather: optional ``(embeddings, labels) -> (embeddings, labels)`` hook (module docstring).
+
+    Returns a scalar; with no valid triplet, a zero that keeps the graph (``0 * sum``).
+    """
+    embeddings = embeddings.flatten(1)
+    if gather is not None:
+        embeddings, labels = gather(embeddings, labels)
+    # d[i, j] = ||e_i + eps - e_j||; the direct (non-matmul) kernel is exact and its backward
+    # does not store the (B, B, D) differences.
+    d = torch.cdist(
+        embeddings + _PAIRWISE_EPS, embeddings, compute_mode="donot_use_mm_for_euclid_dist"
+    )  # (B, B)
+    same = _same_label(labels)
+    not_self = ~torch.eye(len(same), dtype=torch.bool, device=same.device)
+    valid = (same & not_self)[:, :, None] & (~same)[:, None, :]  # (B_a, B_p, B_n)
+    if not bool(valid.any()):
+        return 0 * embeddings.sum()
+    per_triplet = F.relu(d[:, :, None] - d[:, None, :] + margin)  # (B_a, B_p, B_n)
+    return per_triplet[valid].mean()
+
+
+def supcon(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 0.07,
+    gather: Callable | None = None,
+) -> torch.Tensor:
+    """Supervised contrastive loss L_out (Khosla et al. 2020, eq. 2), one view per sample.
+
+    ``L = mean_i -1/|P(i)| sum_{p in P(i)} log(exp(z_i.z_p / T) / sum_{a != i} exp(z_i.z_a / T))``
+    with z the L2-normalised embeddings and P(i) the other samples with i's label. Anchors
+    without a positive are left out of the mean; with none at all the result is a zero that keeps
+    the graph. (No ``temperature / base_temperature`` factor: at the code's T = 0.07 it is 1.)
+    For several views per sample, concatenate the views and repeat the labels.
+
+    Args:
+        embeddings: (B, D) features; (B, ...) is flattened.
+        labels: (B,) integer class labels.
+        gather: optional ``(embeddings, labels) -> (embeddings, labels)`` hook (module docstring).
+    """
+    embeddings = embeddings.flatten(1)
+    if gather is not None:
+        embeddings, labels = gather(embeddings, labels)
+    z = F.normalize(embeddings.float(), dim=1)
+    logits = z @ z.T / temperature  # (B, B)
+    self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # over a != i
+    positives = _same_label(labels) & ~self_mask
+    n_pos = positives.sum(dim=1)  # (B,)
+    has_pos = n_pos > 0
+    if not bool(has_pos.any()):
+        return 0 * embeddings.sum()
+    # where() rather than multiply: the diagonal of log_prob is -inf.
+    pos_sum = torch.where(positives, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
+    return -(pos_sum[has_pos] / n_pos[has_pos]).mean()
+
+
+def nt_xent(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    *,
+    temperature: float = 0.5,
+    gather: Callable | None = None,
+) -> torch.Tensor:
+    """NT-Xent (Chen et al. 2020, SimCLR, eq. 1) over the 2B views of B samples.
+
+    Views ``z1[k]`` and ``z2[k]`` are positives; the other 2B - 2 views are negatives. With
+    cosine similarity ``sim`` (L2 normalisation inside), for each of the 2B views i with partner j:
+    ``l(i, j) = -log(exp(sim(i, j) / T) / sum_{k != i} exp(sim(i, k) / T))``, mean over all 2B.
+
+    Args:
+        z1, z2: (B, D) projections of two augmented views; (B, ...) is flattened.
+        gather: optional ``z -> z`` hook applied to each view (module docstring).
+    """
+    z1, z2 = z1.flatten(1), z2.flatten(1)
+    if z1.shape != z2.shape:
+        raise ValueError(f"views differ in shape: {tuple(z1.shape)} vs {tuple(z2.shape)}")
+    if gather is not None:
+        z1, z2 = gather(z1), gather(z2)
+    b = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2B, D)
+    logits = z @ z.T / temperature  # (2B, 2B)
+    logits = logits.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=z.device), float("-inf"))
+    partner = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+    return F.cross_entropy(logits, partner)
+
+
+CONTRASTIVE_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "triplet": triplet_all,
+    "supcon": supcon,
+    "ntxent": nt_xent,
+}
+
+
+def contrastive_loss(name: str, *args, **kwargs) -> torch.Tensor:
+    """Call the contrastive loss named ``name`` (a key of `CONTRASTIVE_LOSSES`) with the rest.
+
+    ``"triplet"`` and ``"supcon"`` take ``(embeddings, labels)``; ``"ntxent"`` takes ``(z1, z2)``.
+    """
+    try:
+        fn = CONTRASTIVE_LOSSES[name]
+    except KeyError:
+        valid = ", ".join(repr(k) for k in CONTRASTIVE_LOSSES)
+        raise ValueError(f"unknown contrastive loss {name!r}; valid names: {valid}") from None
+    return fn(*args, **kwargs)

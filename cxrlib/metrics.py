@@ -1,0 +1,335 @@
+"""Evaluation metrics (method.md, section 6): saliency, classification and statistics.
+
+Saliency metrics follow the MIT saliency benchmark (Bylinskii et al. 2019, "What do different
+evaluation metrics tell us about saliency models?", TPAMI 41(3)) and take one (H, W) map at a
+time; classification metrics use scikit-learn on softmax scores. Inputs may be NumPy arrays or
+torch tensors; outputs are floats, arrays, dicts or DataFrames.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score, roc_curve
+
+EPS = 2.2204e-16  # MATLAB's eps, as in the benchmark code
+
+
+def _np(x, dtype=np.float64) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def _pair(pred, gt) -> tuple[np.ndarray, np.ndarray]:
+    p, g = _np(pred), _np(gt)
+    if p.shape != g.shape:
+        raise ValueError(f"maps differ in shape: {p.shape} vs {g.shape}")
+    if not (np.isfinite(p).all() and np.isfinite(g).all()):
+        raise ValueError("maps contain NaN or inf")
+    return p, g
+
+
+def _to_distribution(x: np.ndarray, name: str) -> np.ndarray:
+    if (x < 0).any():
+        raise ValueError(f"{name} has negative values")
+    total = x.sum()
+    if total <= 0:
+        raise ValueError(f"{name} sums to zero")
+    return x / total
+
+
+def cc(pred, gt) -> float:
+    """Pearson linear correlation coefficient of two maps (Bylinskii et al. 2019).
+
+    A constant map has no defined correlation; it scores 0.0 (chance level), without a warning.
+    """
+    p, g = _pair(pred, gt)
+    a, b = p - p.mean(), g - g.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+
+def kld(pred, gt, eps: float = EPS) -> float:
+    """KL(gt || pred) = sum gt * log(eps + gt / (pred + eps)), both normalised to sum 1.
+
+    The benchmark's KLdiv (Bylinskii et al. 2019), including its eps placement.
+    Lower is better; 0 for identical maps. Negative or all-zero maps raise ValueError.
+    """
+    p, g = _pair(pred, gt)
+    p, g = _to_distribution(p, "pred"), _to_distribution(g, "gt")
+    return float((g * np.log(eps + g / (p + eps))).sum())
+
+
+def sim(pred, gt) -> float:
+    """Similarity / histogram intersection: sum min(pred, gt), both normalised to sum 1.
+
+    Bylinskii et al. 2019; 1 for identical maps, 0 for disjoint ones. Unlike the
+    benchmark's MATLAB code there is no min-max rescaling before the sum-normalisation: the maps
+    here already are distributions (softmax output, normalised gaze maps).
+    """
+    p, g = _pair(pred, gt)
+    p, g = _to_distribution(p, "pred"), _to_distribution(g, "gt")
+    return float(np.minimum(p, g).sum())
+
+
+def _fixated(pred, fixation_map) -> tuple[np.ndarray, np.ndarray]:
+    p, f = _pair(pred, fixation_map)
+    fix = f > 0
+    if not fix.any():
+        raise ValueError("fixation map has no fixated pixel")
+    return p, fix
+
+
+def nss(pred, fixation_map) -> float:
+    """Normalized Scanpath Saliency (Bylinskii et al. 2019).
+
+    The map is standardised (zero mean, unit standard deviation with ddof=1, as MATLAB's std in
+    the benchmark code) and averaged over fixated pixels (``fixation_map > 0``; counts are
+    treated as binary). A constant map scores 0.0 (chance level).
+    """
+    p, fix = _fixated(pred, fixation_map)
+    std = p.std(ddof=1) if p.size > 1 else 0.0
+    if std == 0:
+        return 0.0
+    return float(((p[fix] - p.mean()) / std).mean())
+
+
+def auc_judd(pred, fixation_map, jitter: bool = True, seed: int = 0) -> float:
+    """AUC-Judd (Bylinskii et al. 2019; the benchmark's AUC_Judd.m).
+
+    Thresholds are the map's values at the fixated pixels, in descending order; at the i-th
+    threshold ``tp = i / n_fix`` and ``fp = (#pixels >= thresh - i) / (n_pixels - n_fix)``; the
+    score is the trapezoid area under (0, 0), ..., (1, 1). Fixated = ``fixation_map > 0``.
+
+    Choice: the map is rescaled to [0, 1] *before* the tie-breaking jitter (uniform, < 1e-7,
+    seeded), so the jitter is small whatever the map's units (a softmax over 640x512 pixels has
+    values near 3e-6, where the benchmark's absolute jitter would not be negligible).
+    A constant map scores 0.5 (chance level).
+    """
+    p, fix = _fixated(pred, fixation_map)
+    lo, hi = p.min(), p.max()
+    if hi == lo:
+        return 0.5
+    s = (p - lo) / (hi - lo)
+    if jitter:
+        s = s + np.random.default_rng(seed).random(s.shape) / 1e7
+    s = s.ravel()
+    n_pix, n_fix = s.size, int(fix.sum())
+    if n_fix == n_pix:
+        raise ValueError("every pixel is fixated: no negatives for AUC")
+    thresholds = np.sort(s[fix.ravel()])[::-1]
+    above = n_pix - np.searchsorted(np.sort(s), thresholds, side="left")  # #(s >= thresh)
+    i = np.arange(1, n_fix + 1)
+    tp = np.concatenate([[0.0], i / n_fix, [1.0]])
+    fp = np.concatenate([[0.0], (above - i) / (n_pix - n_fix), [1.0]])
+    return float(((fp[1:] - fp[:-1]) * (tp[1:] + tp[:-1]) / 2).sum())  # trapezoid rule
+
+
+def fixation_map_from_points(points, shape: tuple[int, int]) -> np.ndarray:
+    """Binary (H, W) uint8 map with 1 at each point, for NSS and AUC-Judd.
+
+    Args:
+        points: (N, 2) array of (x = column, y = row) coordinates in output pixels. They are
+            rounded to the nearest pixel (``np.rint``); points outside the image after rounding,
+            and NaN points, are dropped, never clipped onto the border.
+        shape: (H, W) of the map.
+    """
+    h, w = shape
+    out = np.zeros((h, w), dtype=np.uint8)
+    pts = _np(points).reshape(-1, 2)
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    xy = np.rint(pts).astype(np.int64)
+    keep = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
+    out[xy[keep, 1], xy[keep, 0]] = 1
+    return out
+
+
+def centre_bias_map(shape: tuple[int, int], sigma_frac: float = 0.25) -> np.ndarray:
+    """Centre-bias baseline: an image-centred Gaussian, summing to 1 (float64, (H, W)).
+
+    The standard "centre prior" baseline of saliency benchmarks (Bylinskii et al. 2019): the
+    score a model gets from predicting "the middle of the image" alone. Anisotropic:
+    ``sigma_y = sigma_frac * H``, ``sigma_x = sigma_frac * W``, centre at ((H-1)/2, (W-1)/2).
+    """
+    h, w = shape
+    y = (np.arange(h) - (h - 1) / 2) / (sigma_frac * h)
+    x = (np.arange(w) - (w - 1) / 2) / (sigma_frac * w)
+    g = np.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2))
+    return g / g.sum()
+
+
+def saliency_scores(pred, gt, fixation_map=None) -> dict[str, float]:
+    """CC, KLD and SIM of one (H, W) map against the ground-truth map; NSS and AUC-Judd too
+    when a fixation map is given."""
+    out = {"cc": cc(pred, gt), "kld": kld(pred, gt), "sim": sim(pred, gt)}
+    if fixation_map is not None:
+        out["nss"] = nss(pred, fixation_map)
+        out["auc_judd"] = auc_judd(pred, fixation_map)
+    return out
+
+
+def _map2d(m) -> np.ndarray:
+    a = _np(m)
+    return a.reshape(a.shape[-2:])  # (H, W) or (1, H, W) -> (H, W); more channels: error
+
+
+def _maps(x) -> list[np.ndarray]:
+    return [_map2d(m) for m in (x if isinstance(x, (list, tuple)) else _np(x))]
+
+
+def batch_saliency_scores(preds, gts, fixation_maps=None) -> pd.DataFrame:
+    """`saliency_scores` per image: one row per image, one column per metric.
+
+    ``preds`` and ``gts`` are (N, H, W) or (N, 1, H, W) arrays/tensors or sequences of maps.
+    ``fixation_maps`` is None or a sequence of N maps; an entry None gives NaN NSS/AUC-Judd.
+    """
+    p, g = _maps(preds), _maps(gts)
+    fx = [None] * len(p) if fixation_maps is None else list(fixation_maps)
+    fx = [None if f is None else _map2d(f) for f in fx]
+    if not len(p) == len(g) == len(fx):
+        raise ValueError(f"{len(p)} predictions, {len(g)} gt maps, {len(fx)} fixation maps")
+    rows = [saliency_scores(a, b, f) for a, b, f in zip(p, g, fx)]
+    return pd.DataFrame(rows)  # rows without fixations get NaN in nss and auc_judd
+
+
+def summarise(df_or_array) -> dict[str, dict[str, float]]:
+    """Mean, sample std (ddof=1) and count of non-NaN values per column: ``{col: {mean, std, n}}``.
+
+    A DataFrame keeps its column names; a 1-D array becomes one column ``"value"``, a 2-D array
+    columns 0..K-1. NaNs are skipped.
+    """
+    if isinstance(df_or_array, pd.DataFrame):
+        df = df_or_array
+    else:
+        a = _np(df_or_array)
+        df = pd.DataFrame({"value": a}) if a.ndim == 1 else pd.DataFrame(a)
+    return {
+        c: {"mean": float(df[c].mean()), "std": float(df[c].std()), "n": int(df[c].count())}
+        for c in df.columns
+    }
+
+
+def _scores_labels(probs, labels) -> tuple[np.ndarray, np.ndarray]:
+    p, y = _np(probs), _np(labels, dtype=np.int64)
+    if p.ndim != 2 or y.ndim != 1 or len(p) != len(y):
+        raise ValueError(f"need probs (N, C) and labels (N,), got {p.shape} and {y.shape}")
+    if len(y) and (y.min() < 0 or y.max() >= p.shape[1]):
+        raise ValueError(f"labels must lie in [0, {p.shape[1]})")
+    return p, y
+
+
+def classification_scores(
+    probs, labels, class_names: Sequence[str] = ("Normal", "CHF", "Pneumonia")
+) -> dict:
+    """Diagnosis metrics of method.md, section 6, from softmax scores (N, C) and labels (N,).
+
+    Returns ``auc_per_class`` {name: one-vs-rest ROC AUC}, ``auc_macro`` (mean of the defined
+    per-class AUCs), ``auc_micro`` (one ROC over all N*C one-hot entries), ``accuracy`` (of the
+    argmax), ``f1_per_class`` {name: F1}, ``f1_macro`` and ``confusion_matrix`` (rows = true,
+    columns = predicted, list of lists).
+
+    Undefined values are NaN, not warnings: the AUC of a class absent from ``labels`` (no
+    positives, so no true-positive rate), and the F1 of a class neither present nor predicted
+    (0/0). Macro averages are over the defined classes (NaN if none).
+    """
+    p, y = _scores_labels(probs, labels)
+    k = p.shape[1]
+    if len(class_names) != k:
+        raise ValueError(f"{len(class_names)} class names for {k} score columns")
+    onehot = np.eye(k, dtype=np.int64)[y]
+    auc = [
+        float(roc_auc_score(onehot[:, c], p[:, c])) if 0 < onehot[:, c].sum() < len(y) else np.nan
+        for c in range(k)
+    ]
+    auc_micro = float(roc_auc_score(onehot.ravel(), p.ravel())) if 0 < len(y) else np.nan
+    pred = p.argmax(axis=1)
+    cm = confusion_matrix(y, pred, labels=list(range(k)))
+    f1 = f1_score(y, pred, labels=list(range(k)), average=None, zero_division=0).astype(float)
+    f1[(cm.sum(0) + cm.sum(1)) == 0] = np.nan  # 2tp + fp + fn == 0: never true, never predicted
+    return {
+        "auc_per_class": dict(zip(class_names, auc)),
+        "auc_macro": float(np.nanmean(auc)) if not np.isnan(auc).all() else np.nan,
+        "auc_micro": auc_micro,
+        "accuracy": float(accuracy_score(y, pred)),
+        "f1_per_class": dict(zip(class_names, f1.tolist())),
+        "f1_macro": float(np.nanmean(f1)) if not np.isnan(f1).all() else np.nan,
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def roc_curves(probs, labels) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """One-vs-rest ROC curves ``{class_index: (fpr, tpr)}`` for plotting; classes absent from
+    ``labels`` (or present in every row) are left out."""
+    p, y = _scores_labels(probs, labels)
+    out = {}
+    for c in range(p.shape[1]):
+        pos = y == c
+        if 0 < pos.sum() < len(y):
+            fpr, tpr, _ = roc_curve(pos.astype(int), p[:, c])
+            out[c] = (fpr, tpr)
+    return out
+
+
+def bootstrap_ci(
+    metric_fn: Callable[..., float], *arrays, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float, float]:
+    """Percentile bootstrap confidence interval ``(point, low, high)`` of any metric.
+
+    Rows are resampled with replacement, the same indices for every array (Efron & Tibshirani
+    1993), e.g. ``bootstrap_ci(lambda p, y: classification_scores(p, y)["auc_macro"], probs,
+    labels)`` or ``bootstrap_ci(np.mean, per_image_cc)``. ``point`` is the metric on all rows.
+    Resamples whose metric is NaN or raises ValueError (e.g. one class only) are skipped; if
+    more than half fail, RuntimeError.
+    """
+    if not arrays:
+        raise ValueError("give at least one array")
+    data = [_np(a, dtype=None) for a in arrays]
+    n = len(data[0])
+    if any(len(a) != n for a in data) or n == 0:
+        lengths = [len(a) for a in data]
+        raise ValueError(f"arrays must be non-empty and of equal length, got {lengths}")
+    point = float(metric_fn(*data))
+    rng = np.random.default_rng(seed)
+    values, failed = [], 0
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        try:
+            with warnings.catch_warnings():  # scikit-learn >= 1.6 warns and returns NaN
+                warnings.simplefilter("ignore", UndefinedMetricWarning)
+                v = float(metric_fn(*(a[idx] for a in data)))
+        except ValueError:  # older scikit-learn raises
+            v = np.nan
+        if np.isnan(v):
+            failed += 1
+        else:
+            values.append(v)
+    if failed > n_boot / 2:
+        raise RuntimeError(f"{failed} of {n_boot} bootstrap resamples gave no metric value")
+    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return point, float(low), float(high)
+
+
+def paired_ttest(a, b) -> dict[str, float]:
+    """Paired t-test (``scipy.stats.ttest_rel``) of per-image scores a vs b, as the paper's
+    significance test (method.md, section 6). Returns ``t``, two-sided ``p``,
+    ``mean_diff = mean(a - b)`` and ``n``."""
+    x, y = _np(a).ravel(), _np(b).ravel()
+    if len(x) != len(y):
+        raise ValueError(f"paired samples differ in length: {len(x)} vs {len(y)}")
+    if len(x) < 2:
+        raise ValueError("need at least two pairs")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("samples contain NaN or inf")
+    res = stats.ttest_rel(x, y)
+    return {
+        "t": float(res.statistic),
+        "p": float(res.pvalue),
+        "mean_diff": float((x - y).mean()),
+        "n": len(x),
+    }

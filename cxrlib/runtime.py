@@ -1,0 +1,66 @@
+"""Device choice, seeding and the environment printout every notebook starts with."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+
+import numpy as np
+import torch
+
+
+def default_device() -> torch.device:
+    """CUDA if present, then Apple MPS, then CPU (style.md, principle 12)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def set_cpu_threads(n: int | None = None) -> int:
+    """Limit torch's intra-op threads; default: the cores this process may use.
+
+    Small machines oversubscribe easily when torch and a DataLoader both spawn threads.
+    """
+    if n is None:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, int(n)))
+    return torch.get_num_threads()
+
+
+def environment_report(seed: int | None = None) -> dict:
+    """Versions, device and seed, as a dict (notebooks print it)."""
+    import torchvision
+
+    device = default_device()
+    report = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "device": str(device),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(0)
+    if seed is not None:
+        report["seed"] = seed
+    try:
+        import cxrlib
+
+        report["cxrlib"] = cxrlib.__version__
+    except Exception:  # pragma: no cover - only while the package half-imports
+        pass
+    return report

@@ -1,0 +1,42 @@
+"""cxrlib.bench on tiny settings: every row field present and positive."""
+
+import pytest
+import torch
+
+from cxrlib import bench
+
+
+def test_benchmark_rows_are_positive_numbers(capsys):
+    rows = bench.benchmark_models(("dual", "mtunet", "densenet"), image_size=(64, 64), batch_size=2,
+                                  device="cpu", steps=1, warmup=0, base_width=8)
+    assert [r["model"] for r in rows] == ["dual", "mtunet", "densenet"]
+    for row in rows:
+        for key in ("params", "train_img_s", "infer_img_s", "batch_size"):
+            assert row[key] > 0, (row["model"], key, row[key])
+        assert row["peak_mem_mib"] > 0  # freed heap is trimmed between models, so each one shows
+        assert row["amp"] == "none" and row["image_size"] == "64x64" and row["device"]
+        assert "RSS" in row["memory_measure"] or "rss" in row["memory_measure"]
+    assert rows[0]["params"] > rows[1]["params"]  # the dual net carries a DenseNet201
+    table = bench.format_benchmark(rows)
+    assert "64x64" in table and "peak MiB (" in table and len(table.splitlines()) == 5
+
+
+def test_main_prints_table(capsys):
+    assert bench.main(["--models", "mtunet", "--image-size", "32", "64", "--steps", "1", "--warmup", "0",
+                       "--base-width", "4", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "mtunet" in out and "32x64" in out
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="multiples of 32"):
+        bench.benchmark_models(("mtunet",), image_size=(50, 64), device="cpu")
+    with pytest.raises(ValueError, match="valid names"):
+        bench.benchmark_models(("resnet",), image_size=(64, 64), device="cpu")
+
+
+def test_amp_only_on_cuda():
+    assert bench._amp_dtype(torch.device("cpu"), None) is None
+    assert bench._amp_dtype(torch.device("cpu"), "bf16") is None
+    assert bench._amp_dtype(torch.device("cuda"), "fp16") is torch.float16
+    assert bench._amp_dtype(torch.device("cuda"), "none") is None
