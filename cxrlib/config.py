@@ -1,0 +1,284 @@
+"""One typed configuration per stage, three profiles, and the notebook parameter check.
+
+Every notebook has a ``parameters`` cell whose names are exactly the fields of its stage's
+config (style.md principle 4). papermill, ``cxrlib run -p NAME VALUE`` and a Colab user all set
+the same names; :func:`config_from_namespace` turns the notebook's variables into a config and
+fails at once, listing the valid names, if a parameter is unknown or of the wrong type.
+
+Profiles (style.md principle 5) give the defaults; a parameter left at ``None`` takes them:
+
+* ``smoke``: CI. The real DenseNet201 + Res-SE network at a tiny size, two steps per stage.
+* ``demo``: a CPU run on the synthetic data that really learns, the chain in minutes.
+* ``paper``: method.md section 4 (sizes, epochs, batches, ImageNet weights) for a GPU and EGD-CXR.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+PROFILES = ("smoke", "demo", "paper")
+
+
+@dataclass
+class StageConfig:
+    """Fields shared by every stage. ``None`` means "the profile's default"."""
+
+    profile: str = "smoke"
+    run_dir: str | None = None  # default: $CXRLIB_RUN_DIR, else <repository>/runs/<profile>
+    egd_root: str | None = None  # None: the bundled synthetic data set
+    image_root: str | None = None  # default: egd_root
+    synthetic_images: int = 300
+    data_seed: int = 0  # synthetic data and the split
+    image_size: tuple = (320, 256)
+    gaze_source: str = "eye_gaze"
+    sigma: float = 75.5
+    sigma_frac: float | None = None
+    weighting: str = "count"
+    resize: str = "pad_resize"
+    seed: int = 0
+    device: str | None = None  # None: cuda, then mps, then cpu
+    num_workers: int = 0
+    densenet_arch: str = "densenet201"
+    pretrained: bool | str = False
+    base_width: int = 64
+    epochs: int = 1
+    batch_size: int = 2
+    lr: float = 1e-4
+    plateau_patience: int = 40
+    early_stopping: int = 0  # epochs without improvement before stopping; 0: never
+    max_steps_per_epoch: int | None = None
+    amp: bool | None = None  # None: on for CUDA only
+    resume: bool = False
+    init_from: str | None = None  # a stage name in run_dir, or a checkpoint path
+    frozen_bn: str = "eval"  # "train" reproduces the paper code's BatchNorm drift
+    reuse_frozen_features: bool = True
+    eval_batch_size: int = 16
+    n_boot: int = 1000
+
+    stage: typing.ClassVar[str] = "common"
+
+    @property
+    def stage_dir(self) -> Path:
+        return Path(self.run_dir) / self.stage
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, **asdict(self)}
+
+    def save(self, path=None) -> Path:
+        path = Path(path) if path is not None else self.stage_dir / "config.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, default=str))
+        return path
+
+
+@dataclass
+class DataConfig(StageConfig):
+    """Notebook 01: data exploration."""
+
+    stage: typing.ClassVar[str] = "data"
+    examples_per_class: int = 2
+
+
+@dataclass
+class ContrastiveConfig(StageConfig):
+    """Stage 1a (notebook 02): contrastive pretraining of DenseNet201."""
+
+    stage: typing.ClassVar[str] = "stage1a"
+    loss: str = "triplet"  # triplet (paper code) | supcon | ntxent
+    margin: float = 1.0
+    temperature: float = 0.07
+
+
+@dataclass
+class EncoderConfig(StageConfig):
+    """Stage 1b (notebook 03): DenseNet201 + Linear(1920 -> 3), cross-entropy."""
+
+    stage: typing.ClassVar[str] = "stage1b"
+    init_from: str | None = "stage1a"
+
+
+@dataclass
+class SaliencyConfig(StageConfig):
+    """Stage 2 (notebook 04): Res-SE encoder, decoder and saliency head; DenseNet frozen."""
+
+    stage: typing.ClassVar[str] = "stage2"
+    init_from: str | None = "stage1b"
+
+
+@dataclass
+class FusionConfig(StageConfig):
+    """Stage 3 (notebook 05): the fusion classifier, then (optionally) joint fine-tuning."""
+
+    stage: typing.ClassVar[str] = "stage3"
+    init_from: str | None = "stage2"
+    mode: str = "head"  # head | joint
+    joint_epochs: int = 0
+    learn_saliency_sigma: bool = False
+
+
+@dataclass
+class ExplainConfig(StageConfig):
+    """Notebook 06: saliency against Grad-CAM."""
+
+    stage: typing.ClassVar[str] = "explain"
+    init_from: str | None = "stage3"
+    cam_methods: tuple = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")
+    examples_per_class: int = 2
+    max_images: int | None = None
+
+
+STAGE_CONFIGS = {c.stage: c for c in (DataConfig, ContrastiveConfig, EncoderConfig, SaliencyConfig,
+                                      FusionConfig, ExplainConfig)}
+
+_SYNTHETIC = {"sigma_frac": 0.025}  # 75.5 px of a ~3000 px MIMIC image, for any native size
+
+PROFILE_DEFAULTS = {
+    "smoke": {
+        "common": {**_SYNTHETIC, "synthetic_images": 48, "image_size": (64, 64), "base_width": 8,
+                   "epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2, "eval_batch_size": 8,
+                   "n_boot": 50, "examples_per_class": 1},
+        "stage3": {"joint_epochs": 1},
+        "explain": {"max_images": 6, "cam_methods": ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")},
+    },
+    "demo": {
+        "common": {**_SYNTHETIC, "synthetic_images": 300, "image_size": (128, 96), "base_width": 16,
+                   "batch_size": 16, "eval_batch_size": 32, "plateau_patience": 3, "n_boot": 1000},
+        "stage1a": {"epochs": 3, "batch_size": 24},
+        "stage1b": {"epochs": 6},
+        "stage2": {"epochs": 10, "batch_size": 8},
+        "stage3": {"epochs": 30, "batch_size": 16},
+        "explain": {"max_images": 60},
+    },
+    "paper": {
+        "common": {"synthetic_images": 1083, "image_size": (640, 512), "pretrained": True, "base_width": 64,
+                   "sigma": 75.5, "gaze_source": "eye_gaze", "plateau_patience": 40, "n_boot": 1000},
+        "stage1a": {"image_size": (320, 256), "epochs": 50, "batch_size": 32},
+        "stage1b": {"epochs": 10, "batch_size": 16},
+        "stage2": {"epochs": 50, "batch_size": 16},
+        "stage3": {"epochs": 40, "batch_size": 6},
+        "explain": {"batch_size": 6},
+    },
+}
+
+
+def repository_root() -> Path:
+    """The checkout holding this package (editable install), else the working directory."""
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").is_file() and (here / "notebooks").is_dir():
+        return here
+    for parent in [Path.cwd(), *Path.cwd().parents]:
+        if (parent / "pyproject.toml").is_file() and (parent / "cxrlib").is_dir():
+            return parent
+    return Path.cwd()
+
+
+def _check_type(name: str, value, annotation):
+    """Coerce papermill/CLI values to the field's type or raise a clear TypeError."""
+    hint = typing.get_type_hints(StageConfig).get(name, annotation) if isinstance(annotation, str) else annotation
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise TypeError(f"parameter {name!r} may not be None")
+    for option in options:
+        if option is type(None):
+            continue
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+        if option is tuple and isinstance(value, (list, tuple)):
+            return tuple(value)
+    wanted = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise TypeError(f"parameter {name!r} must be {wanted}, got {value!r} ({type(value).__name__})")
+
+
+def make_config(stage: str, profile: str = "smoke", **params):
+    """The config of ``stage`` under ``profile``, with ``params`` (not None) on top."""
+    if stage not in STAGE_CONFIGS:
+        raise ValueError(f"unknown stage {stage!r}; valid: {sorted(STAGE_CONFIGS)}")
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; valid: {PROFILES}")
+    cls = STAGE_CONFIGS[stage]
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in fields(cls)]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise TypeError(
+            f"unknown parameter(s) {unknown} for {cls.__name__} ({stage}); valid parameters: {', '.join(valid)}"
+        )
+    merged = {}
+    defaults = PROFILE_DEFAULTS[profile]
+    for source in (defaults.get("common", {}), defaults.get(stage, {})):
+        merged.update({k: v for k, v in source.items() if k in valid})
+    merged.update({k: v for k, v in params.items() if v is not None})
+    merged["profile"] = profile
+    checked = {k: _check_type(k, v, hints[k]) for k, v in merged.items()}
+    config = cls(**checked)
+    return _finalise(config)
+
+
+def _finalise(config):
+    from cxrlib.data.geometry import check_image_size
+
+    config.image_size = check_image_size(config.image_size)
+    if config.run_dir is None:  # CXRLIB_RUN_DIR lets the test suite run notebooks in a fresh folder
+        config.run_dir = os.environ.get("CXRLIB_RUN_DIR") or str(repository_root() / "runs" / config.profile)
+    config.run_dir = str(Path(config.run_dir).expanduser().resolve())
+    if config.sigma_frac is not None and config.sigma_frac <= 0:  # 0 switches back to sigma in pixels
+        config.sigma_frac = None
+    if config.egd_root is not None and config.image_root is None:
+        config.image_root = config.egd_root
+    choices = {"gaze_source": ("eye_gaze", "fixations"), "weighting": ("count", "duration"),
+               "resize": ("pad_resize", "stride"), "frozen_bn": ("eval", "train")}
+    if isinstance(config, ContrastiveConfig):
+        choices["loss"] = ("triplet", "supcon", "ntxent")
+    if isinstance(config, FusionConfig):
+        choices["mode"] = ("head", "joint")
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"parameter {name!r} must be one of {allowed}, got {getattr(config, name)!r}")
+    for name in ("epochs", "batch_size", "synthetic_images", "eval_batch_size"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"parameter {name!r} must be at least 1, got {getattr(config, name)}")
+    return config
+
+
+_NOT_PARAMETERS = {"In", "Out", "exit", "quit", "get_ipython", "display", "IN_COLAB"}
+
+
+def config_from_namespace(stage: str, namespace: dict):
+    """Build a stage config from a notebook's globals (its parameters cell, maybe papermill's).
+
+    Every public, non-module, non-callable global is taken as a parameter, so a parameter
+    injected by papermill under a wrong name is caught here instead of being silently ignored.
+    """
+    params = {
+        k: v for k, v in namespace.items()
+        if not k.startswith("_") and k not in _NOT_PARAMETERS
+        and not isinstance(v, types.ModuleType) and not callable(v)
+    }
+    profile = params.pop("profile", "smoke")
+    return make_config(stage, profile, **params)
+
+
+def load_config(path):
+    """A config saved by :meth:`StageConfig.save` (checkpoints hold the same dict)."""
+    data = json.loads(Path(path).read_text()) if not isinstance(path, dict) else dict(path)
+    cls = STAGE_CONFIGS[data.pop("stage")]
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
+
+
+def parameter_names(stage: str) -> list[str]:
+    return [f.name for f in fields(STAGE_CONFIGS[stage])]

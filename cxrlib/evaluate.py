@@ -1,0 +1,97 @@
+"""The final evaluation on the test split (touched once, in notebook 05) and ``metrics.json``.
+
+Every number comes with a 95 % bootstrap interval over test images (method.md section 6), and
+the centre-bias map is scored on the same images as a floor the predicted saliency must beat.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cxrlib import metrics
+
+# The paper's headline figures (arXiv:2403.16970, abstract), for a side-by-side table only:
+# they were measured on EGD-CXR, not on the data this project runs by default.
+PAPER_RESULTS = {"auc_macro": 0.93, "cc": 0.58}
+SALIENCY_KEYS = ("cc", "kld", "sim", "nss", "auc_judd")
+
+
+def saliency_table(pred_maps, target_maps, fixations) -> "pd.DataFrame":
+    """Per-image CC, KLD, SIM, NSS, AUC-Judd (fixation maps built from the output-pixel points)."""
+    shape = target_maps.shape[1:]
+    fix = [metrics.fixation_map_from_points(p, shape) if len(p) else None for p in fixations]
+    fix = [f if f is not None and f.any() else None for f in fix]
+    return metrics.batch_saliency_scores(pred_maps, target_maps, fix)
+
+
+def _with_ci(table, *, n_boot: int, seed: int) -> dict:
+    out = {}
+    for key in SALIENCY_KEYS:
+        values = table[key].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        if not len(values):
+            continue
+        point, low, high = metrics.bootstrap_ci(np.mean, values, n_boot=n_boot, seed=seed)
+        out[key], out[f"{key}_std"], out[f"{key}_ci"] = float(point), float(values.std()), [float(low), float(high)]
+    out["n_images"] = int(len(table))
+    return out
+
+
+def evaluate_predictions(pred: dict, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Metrics of ``stages.predict`` output: classification, saliency and the centre baseline."""
+    probs, labels = pred["probs"], pred["labels"]
+    scores = metrics.classification_scores(probs, labels)
+    classification = {k: v for k, v in scores.items()}
+    for key, fn in (("auc_macro", lambda p, y: metrics.classification_scores(p, y)["auc_macro"]),
+                    ("auc_micro", lambda p, y: metrics.classification_scores(p, y)["auc_micro"]),
+                    ("accuracy", lambda p, y: float((p.argmax(1) == y).mean())),
+                    ("f1_macro", lambda p, y: metrics.classification_scores(p, y)["f1_macro"])):
+        _, low, high = metrics.bootstrap_ci(fn, probs, labels, n_boot=n_boot, seed=seed)
+        classification[f"{key}_ci"] = [float(low), float(high)]
+    result = {"classification": _jsonable(classification), "n_test": int(len(labels))}
+    target = pred["target"]
+    if pred.get("saliency") is not None:
+        table = saliency_table(pred["saliency"], target, pred["fixations"])
+        result["saliency"] = _with_ci(table, n_boot=n_boot, seed=seed)
+    centre = np.broadcast_to(metrics.centre_bias_map(target.shape[1:]), target.shape)
+    result["baseline_centre"] = _with_ci(saliency_table(centre, target, pred["fixations"]), n_boot=n_boot, seed=seed)
+    return result
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def write_metrics(path, result: dict, **context) -> Path:
+    """``metrics.json`` with the run's context (profile, data, seed) beside the numbers."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable({**context, **result}), indent=2))
+    return path
+
+
+def paper_comparison(result: dict, *, data_label: str) -> "pd.DataFrame":
+    """Our test figures beside the paper's, with the data each was measured on."""
+    import pandas as pd
+
+    rows = []
+    for key, group in (("auc_macro", "classification"), ("cc", "saliency")):
+        ours = result.get(group, {}).get(key)
+        ci = result.get(group, {}).get(f"{key}_ci")
+        rows.append({"metric": key, "this run": ours, "95% CI": None if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]",
+                     "this run's data": data_label, "paper": PAPER_RESULTS[key],
+                     "paper's data": "EGD-CXR test split (arXiv:2403.16970)"})
+    return pd.DataFrame(rows)

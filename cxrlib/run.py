@@ -1,0 +1,122 @@
+"""``cxrlib run``: every notebook in order, headless, with papermill (style.md principle 10).
+
+Executed copies go to ``<run_dir>/notebooks/``; the first failure stops the run with the failing
+cell's error and the executed notebook's path; the end is a summary read from ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from cxrlib.config import STAGE_CONFIGS, make_config, parameter_names, repository_root
+
+# notebook -> the stage config its parameters cell feeds
+NOTEBOOK_STAGES = {
+    "01_data_exploration.ipynb": "data",
+    "02_contrastive_pretraining.ipynb": "stage1a",
+    "03_stage1_encoder.ipynb": "stage1b",
+    "04_stage2_saliency.ipynb": "stage2",
+    "05_stage3_fusion.ipynb": "stage3",
+    "06_saliency_gradcam_comparison.ipynb": "explain",
+    "07_results_and_ablations.ipynb": "results",
+}
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+def notebooks_dir() -> Path:
+    return repository_root() / "notebooks"
+
+
+def pipeline_notebooks(only=None) -> list[Path]:
+    """The numbered notebooks present, in order (``only``: a subset by number or name)."""
+    found = [p for name in NOTEBOOK_STAGES if (p := notebooks_dir() / name).is_file()]
+    if only:
+        wanted = [str(o) for o in only]
+        found = [p for p in found if any(p.name.startswith(w) or p.name == w for w in wanted)]
+        if not found:
+            raise PipelineError(f"no notebook matches {wanted}; available: {list(NOTEBOOK_STAGES)}")
+    return found
+
+
+def parse_value(text: str):
+    """``-p NAME VALUE`` values: Python literals where they parse (5, 0.1, True, None, (64, 64))."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def check_parameters(params: dict) -> None:
+    """Fail before anything runs if a parameter belongs to no stage (or has a wrong type)."""
+    known = {name for stage in STAGE_CONFIGS for name in parameter_names(stage)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise PipelineError(f"unknown parameter(s) {unknown}; valid parameters: {', '.join(sorted(known))}")
+    for stage in STAGE_CONFIGS:
+        accepted = {k: v for k, v in params.items() if k in parameter_names(stage) and k != "profile"}
+        make_config(stage, params.get("profile", "smoke"), **accepted)  # raises on wrong types
+
+
+def run_pipeline(profile: str = "demo", *, run_dir=None, egd_root=None, image_root=None,
+                 params: dict | None = None, only=None, kernel_name: str = "python3",
+                 progress: bool = True) -> dict:
+    """Execute the notebooks; return the final ``metrics.json`` (empty dict if none)."""
+    import papermill as pm
+
+    params = dict(params or {})
+    params.update({k: v for k, v in {"run_dir": run_dir, "egd_root": egd_root, "image_root": image_root}.items()
+                   if v is not None})
+    params["profile"] = profile
+    check_parameters(params)
+    run_dir = Path(make_config("data", profile, run_dir=params.get("run_dir")).run_dir)
+    params["run_dir"] = str(run_dir)
+    out_dir = run_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings = []
+    for notebook in pipeline_notebooks(only):
+        stage = NOTEBOOK_STAGES[notebook.name]
+        names = set(parameter_names(stage)) if stage in STAGE_CONFIGS else {"profile", "run_dir"}
+        given = {k: v for k, v in params.items() if k in names}
+        output = out_dir / notebook.name
+        print(f"== {notebook.name} ({stage}) -> {output}", flush=True)
+        started = time.perf_counter()
+        try:
+            pm.execute_notebook(str(notebook), str(output), parameters=given, cwd=str(notebook.parent),
+                                kernel_name=kernel_name, progress_bar=progress)
+        except pm.PapermillExecutionError as err:
+            raise PipelineError(
+                f"{notebook.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
+                f"executed notebook with the traceback: {output}"
+            ) from None
+        timings.append((notebook.name, time.perf_counter() - started))
+        print(f"   done in {timings[-1][1]:.0f} s", flush=True)
+    metrics_path = run_dir / "stage3" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    print(summary_table(metrics, timings, run_dir))
+    return metrics
+
+
+def summary_table(metrics: dict, timings, run_dir) -> str:
+    lines = ["", f"run folder: {run_dir}", "notebook                                 seconds"]
+    lines += [f"{name:<40} {seconds:>7.0f}" for name, seconds in timings]
+    lines.append(f"{'total':<40} {sum(s for _, s in timings):>7.0f}")
+    if metrics:
+        lines += ["", "test split (metrics.json)        value   95% CI"]
+        for group, keys in (("classification", ("auc_macro", "auc_micro", "accuracy", "f1_macro")),
+                            ("saliency", ("cc", "kld", "sim", "nss", "auc_judd")),
+                            ("baseline_centre", ("cc", "kld", "sim", "nss", "auc_judd"))):
+            for key in keys:
+                value = metrics.get(group, {}).get(key)
+                if value is None:
+                    continue
+                ci = metrics.get(group, {}).get(f"{key}_ci")
+                ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+                lines.append(f"{group + '.' + key:<30} {value:>7.3f}   {ci_text}")
+    return "\n".join(lines)

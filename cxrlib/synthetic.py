@@ -1,0 +1,292 @@
+"""A synthetic EGD-CXR look-alike: DICOM chest radiographs, labels and simulated radiologist gaze.
+
+The real EGD-CXR (PhysioNet, credentialed) can never ship with the project, so `make_egd_like`
+writes a folder in exactly its on-disk format (see docs/data-formats.md): ``master_sheet.csv``,
+``eye_gaze.csv``, ``fixations.csv`` and MIMIC-CXR-style DICOMs under ``files/pXX/pXXXXXXXX/
+sXXXXXXXX/<dicom_id>.dcm``. The folder is both the EGD root and the image root. The real loader
+reads it unchanged, so the whole pipeline can be run and tested without credentials.
+
+What the three classes look like (drawn procedurally in `cxrlib.synthetic_anatomy`):
+
+* **Normal**: two dark lung fields crossed by curved rib shadows, vessels fanning out of the
+  hila, a bright mediastinum and a heart a third right / two thirds left of the midline, sharp
+  costophrenic angles. Cardiothoracic ratio (CTR, heart width / thoracic width) 0.42-0.50.
+* **CHF** (congestive heart failure): an enlarged heart (CTR 0.55-0.68), a bilateral, roughly
+  symmetric perihilar haze (the "butterfly" of alveolar oedema), more prominent vessels and, in
+  about half the patients, a small fluid meniscus that blunts one or both costophrenic angles.
+* **Pneumonia**: a normal heart and one irregular, patchy consolidation (radius 18-28% of the
+  lung's width) in the upper, middle or lower zone of one lung.
+
+A patient with two studies keeps the body and the disease (slightly changed) across them.
+
+Size, position, small rotation, exposure (tone curve) and noise vary per image. The grey levels
+of every image are rank-transformed onto the same family of histograms, so no global statistic
+(mean, std, percentiles) separates the classes: a model has to look at *where* things are.
+
+How the gaze is simulated (`simulate_reading`): the reader fixates the centre first, then runs a
+systematic search (lung zones top to bottom, side by side or one lung after the other,
+costophrenic angles, heart, hila, trachea) with random omissions and swaps. An abnormality
+captures the gaze early (a cluster of fixations on the consolidation; on the heart borders and
+perihilar regions for CHF) and is revisited at the end; those fixations last longer. Normal
+images get a broad second survey instead. Each image gets 25-50 fixations of 0.15-0.6 s within
+``reading_seconds``. Raw samples (``gaze_hz``) jitter by a few pixels around each fixation, with
+linearly interpolated samples during saccades. A fraction ``offscreen_frac`` of fixations look at
+the display padding or below the screen, so their coordinates fall outside the image, as in the
+real data. ``X_ORIGINAL``/``Y_ORIGINAL`` are native pixels (column, row); ``FPOGX``/``FPOGY`` the
+same points on a 1920x1080 screen where the image is fitted keeping its aspect ratio and centred
+(padding in the ``image_*_pad`` columns).
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+import numpy as np
+import pandas as pd
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from tqdm.auto import tqdm
+
+from cxrlib import synthetic_anatomy as anatomy
+
+SCREEN = (1920, 1080)  # width, height of the simulated reading display
+LABEL_COLUMNS = ("Normal", "CHF", "pneumonia")
+GAZE_COLUMNS = ("DICOM_ID", "Time (in secs)", "FPOGX", "FPOGY", "FPOGS", "FPOGD", "FPOGID",
+                "FPOGV", "X_ORIGINAL", "Y_ORIGINAL")
+SOP_CLASS = {"CR": "1.2.840.10008.5.1.4.1.1.1", "DX": "1.2.840.10008.5.1.4.1.1.1.1"}
+RESCALE = ((1.0, 0.0), (1.0, -1024.0), (2.0, 0.0))  # (slope, intercept); the first is plain
+INDICATIONS = ("___F with shortness of breath", "___M with cough and fever, eval for pneumonia",
+               "___M with dyspnea, r/o pneumonia", "___F with chest pain",
+               "___M with hypoxia", "___F with leg swelling and dyspnea", "Preop chest x-ray")
+SURVEY_ZONES = ("upper", "middle", "lower")
+
+
+def display_fit(h: int, w: int, screen=SCREEN) -> dict:
+    """Fit an (h, w) image on the screen keeping its aspect ratio, centred; padding in pixels."""
+    k = min(screen[0] / w, screen[1] / h)
+    dw, dh = round(w * k), round(h * k)
+    left, top = (screen[0] - dw) // 2, (screen[1] - dh) // 2
+    return dict(left=left, right=screen[0] - dw - left, top=top, bottom=screen[1] - dh - top,
+                sx=dw / w, sy=dh / h)
+
+
+def _survey(rng: np.random.Generator) -> list[str]:
+    """A systematic search order with randomness: one lung then the other, or side by side."""
+    first, second = ("R", "L") if rng.random() < 0.6 else ("L", "R")
+    if rng.random() < 0.5:  # lung by lung, top to bottom
+        order = [f"{s}_{z}" for s in (first, second) for z in SURVEY_ZONES]
+        order.insert(3, f"{first}_cp")
+        order.append(f"{second}_cp")
+    else:  # compare the sides zone by zone
+        order = [f"{s}_{z}" for z in SURVEY_ZONES for s in (first, second)] + ["R_cp", "L_cp"]
+    order += list(rng.permutation(["heart", "R_hilum", "L_hilum", "trachea"]))
+    for i in range(len(order) - 1):  # readers do not follow their own routine exactly
+        if rng.random() < 0.15:
+            order[i], order[i + 1] = order[i + 1], order[i]
+    return [t for t in order if rng.random() > 0.08]
+
+
+def _focus(p: dict) -> list[tuple[str, float]]:
+    """Where an abnormality pulls the gaze: (landmark, scatter in image heights)."""
+    if p["label"] == 1:
+        f = [("heart_L_border", 0.02), ("heart_R_border", 0.02), ("heart", 0.04),
+             ("R_hilum", 0.045), ("L_hilum", 0.045)]
+        return f + [(cp, 0.02) for cp, d in zip(("R_cp", "L_cp"), p["effusion"]) if d]
+    if p["label"] == 2:
+        return [("lesion", 0.45 * p["lesion"]["r"])] * 3 + [("heart", 0.04)]
+    return []
+
+
+def simulate_reading(rng: np.random.Generator, p: dict, acq: dict, *, reading_seconds=(8.0, 14.0),
+                     gaze_hz: float = 60.0, offscreen_frac: float = 0.03):
+    """One radiologist reading one image: (fixations, raw samples) as dicts of arrays.
+
+    Positions are native pixels (x = column, y = row); times in seconds from the image's onset.
+    """
+    lm, h, w = anatomy.landmarks(p), acq["h"], acq["w"]
+    lm["centre"] = (0.0, 0.45)  # the first look lands near the middle of the display
+    total = rng.uniform(*reading_seconds)
+    n_fix = int(np.clip(round(total / 0.3), 25, 50))
+    seq = [("centre", 0.04, False)]
+    for t in _survey(rng):
+        seq += [(t, 0.035, False)] * (2 if rng.random() < 0.35 else 1)
+    focus = _focus(p)
+    if focus:  # a conspicuous finding captures the gaze early...
+        at = int(rng.integers(2, 7))
+        seq[at:at] = [(*focus[i], True) for i in rng.integers(len(focus), size=rng.integers(4, 8))]
+    while len(seq) < n_fix:  # ...and is revisited; a normal image gets a broad second survey
+        if focus and rng.random() < 0.6:
+            seq.append((*focus[rng.integers(len(focus))], True))
+        else:
+            seq.append((seq[rng.integers(1, len(seq))][0], 0.05, False))
+    seq = seq[:n_fix]
+
+    ab = np.array([lm[t] for t, _, _ in seq])
+    ab += rng.standard_normal(ab.shape) * np.array([[s] for _, s, _ in seq])
+    x, y = anatomy.to_pixels(acq, ab[:, 0], ab[:, 1])
+    x, y = np.clip(x, 0.02 * w, 0.98 * w), np.clip(y, 0.02 * h, 0.98 * h)
+    off = rng.random(n_fix) < offscreen_frac  # looks at the display padding or below the screen
+    side = rng.integers(3, size=n_fix)
+    x = np.where(off & (side == 0), -w * rng.uniform(0.05, 0.35, n_fix), x)
+    x = np.where(off & (side == 1), w * rng.uniform(1.05, 1.35, n_fix), x)
+    y = np.where(off & (side == 2), h * rng.uniform(1.03, 1.12, n_fix), y)
+
+    dur = rng.gamma(4.0, 0.065, n_fix) * np.where([f for _, _, f in seq], 1.6, 1.0)
+    sacc = rng.uniform(0.025, 0.06, n_fix)
+    sacc[-1] = 0.0
+    dur = np.clip(dur * (total - sacc.sum()) / dur.sum(), 0.15, 0.6)
+    start = np.concatenate([[0.0], np.cumsum(dur + sacc)[:-1]])
+    fix = dict(t=start, x=x, y=y, s=start, d=dur)
+
+    t = np.arange(int((start[-1] + dur[-1]) * gaze_hz)) / gaze_hz
+    i = np.searchsorted(start, t, side="right") - 1
+    j = np.minimum(i + 1, n_fix - 1)
+    frac = np.clip((t - start[i] - dur[i]) / np.maximum(sacc[i], 1e-9), 0, 1)  # 0 while fixating
+    jitter = rng.standard_normal((2, t.size)) * 0.006 * h  # fixational eye movements, a few px
+    samples = dict(t=t, x=x[i] + frac * (x[j] - x[i]) + jitter[0],
+                   y=y[i] + frac * (y[j] - y[i]) + jitter[1], s=start[i], d=dur[i], i=i)
+    return fix, samples
+
+
+def _gaze_frame(dicom_id: str, g: dict, ids: np.ndarray, fit: dict) -> pd.DataFrame:
+    return pd.DataFrame({
+        "DICOM_ID": dicom_id, "Time (in secs)": g["t"].round(4),
+        "FPOGX": ((fit["left"] + g["x"] * fit["sx"]) / SCREEN[0]).round(5),
+        "FPOGY": ((fit["top"] + g["y"] * fit["sy"]) / SCREEN[1]).round(5),
+        "FPOGS": g["s"].round(4), "FPOGD": g["d"].round(4), "FPOGID": ids, "FPOGV": 1,
+        "X_ORIGINAL": g["x"].round(2), "Y_ORIGINAL": g["y"].round(2)}, columns=list(GAZE_COLUMNS))
+
+
+def write_dicom(path: pathlib.Path, img: np.ndarray, info: dict) -> None:
+    """Store a [0, 1] image (bright = dense) as an uncompressed DICOM with MIMIC-like quirks.
+
+    ``info`` gives bits_stored, (slope, intercept), photometric, modality, view and the ids. The
+    stored values are chosen so that a reader which applies the rescale, then inverts MONOCHROME1,
+    sees the same anatomy whatever the encoding.
+    """
+    bits, (slope, icpt) = info["bits"], info["rescale"]
+    top = (slope * (2**bits - 1) + icpt) * info["range_frac"]  # largest rescaled value used
+    real = img * top if info["photometric"] == "MONOCHROME2" else top * (1 - img)
+    stored = np.round((real - icpt) / slope).astype(np.uint16)
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SOP_CLASS[info["modality"]]
+    meta.MediaStorageSOPInstanceUID = info["sop_uid"]
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, info["sop_uid"]
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = info["study_uid"], info["series_uid"]
+    ds.PatientName = f"SYNTHETIC^{info['patient_number']}"
+    ds.PatientID, ds.PatientSex = str(info["patient_id"]), info["sex"]
+    ds.StudyID, ds.StudyDate = str(info["study_id"])[:16], info["date"]  # MIMIC shifts dates ~2150
+    ds.Modality, ds.ViewPosition, ds.BodyPartExamined = info["modality"], info["view"], "CHEST"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.InstanceNumber, ds.SeriesNumber = 1, 1
+    ds.PixelSpacing = [round(430.0 / img.shape[0], 4)] * 2  # a 43 cm detector, like a real CXR
+    ds.set_pixel_data(stored, info["photometric"], bits, generate_instance_uid=False)
+    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, icpt, "US"
+    ds.WindowCenter, ds.WindowWidth = round(top / 2, 1), round(top, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _hex_id(rng: np.random.Generator) -> str:
+    return "-".join(f"{v:08x}" for v in rng.integers(0, 2**32, size=5, dtype=np.uint64))
+
+
+def _uid(seed: int, dicom_id: str, kind: str) -> str:
+    """A valid UID that depends only on the seed and the image, so reruns are identical."""
+    return generate_uid(entropy_srcs=["cxrlib-synthetic", str(seed), dicom_id, kind])
+
+
+def _plan(rng: np.random.Generator, n_images: int, repeat_frac: float):
+    """Balanced labels; the two images of a repeated patient share a label. -> (labels, patient)."""
+    labels = rng.permutation(np.arange(n_images) % 3)
+    n_rep = n_images - round(n_images / (1 + repeat_frac))  # patients with a second image
+    order = rng.permutation(3)
+    patient, n_pat = np.empty(n_images, int), 0
+    for c in range(3):
+        idx = np.flatnonzero(labels == c)
+        n_pairs = min(n_rep // 3 + int(order[c] < n_rep % 3), len(idx) // 2)
+        groups = [idx[2 * i:2 * i + 2] for i in range(n_pairs)] + [[i] for i in idx[2 * n_pairs:]]
+        for g in groups:
+            patient[g], n_pat = n_pat, n_pat + 1
+    return labels, rng.permutation(n_pat)[patient]  # patient numbers must not encode the class
+
+
+def make_egd_like(out_dir, *, n_images: int = 300, seed: int = 0, native_size=(320, 448),
+                  repeat_patient_frac: float = 0.06, monochrome1_frac: float = 0.3,
+                  reading_seconds=(8.0, 14.0), gaze_hz: float = 60.0, offscreen_frac: float = 0.03,
+                  overwrite: bool = False, progress: bool = True) -> pathlib.Path:
+    """Write a synthetic EGD-CXR-format data set into ``out_dir`` and return it.
+
+    ``native_size`` is the range of image heights in pixels; widths are 0.78-0.95 of the height.
+    Same ``seed``: byte-identical CSVs and identical pixel arrays. With ``overwrite=True`` files
+    are written over; other files already in the folder are left alone (the master sheet lists
+    what belongs to the data set).
+    """
+    out = pathlib.Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} is not empty; choose an empty folder or pass overwrite=True")
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 0])
+    labels, patient = _plan(rng, n_images, repeat_patient_frac)
+    n_pat = int(patient.max()) + 1
+    patient_ids = rng.choice(10_000_000, n_pat, replace=False) + 10_000_000
+    study_ids = rng.choice(10_000_000, n_images, replace=False) + 50_000_000
+    dicom_ids = []
+    while len(dicom_ids) < n_images:
+        d = _hex_id(rng)
+        dicom_ids += [] if d in dicom_ids else [d]
+    mono1 = rng.permutation(n_images) < round(monochrome1_frac * n_images)
+    rescale = rng.permutation(np.arange(n_images) % 4) % 3  # a quarter of each non-trivial kind
+    sex, age = rng.choice(["F", "M"], n_pat), rng.integers(20, 91, n_pat)
+    patients: dict[int, dict] = {}
+    rows, gaze, fixations, fix_id = [], [], [], 0
+
+    for k in tqdm(rng.permutation(n_images), disable=not progress, desc="synthetic EGD-CXR"):
+        r = np.random.default_rng([seed, 1, int(k)])  # one stream per image: order-independent
+        pid = int(patient[k])
+        if pid in patients:
+            p = anatomy.restudy(r, patients[pid])
+        else:
+            body_rng = np.random.default_rng([seed, 2, pid])
+            p = patients[pid] = anatomy.draw_patient(body_rng, int(labels[k]))
+        h = int(r.integers(native_size[0], native_size[1] + 1))
+        acq = anatomy.draw_acquisition(r, h, round(h * r.uniform(0.78, 0.95)))
+        img = anatomy.render(p, acq, r)
+        fix, samples = simulate_reading(r, p, acq, reading_seconds=reading_seconds,
+                                        gaze_hz=gaze_hz, offscreen_frac=offscreen_frac)
+        dicom_id, pat_id, study_id = dicom_ids[k], int(patient_ids[pid]), int(study_ids[k])
+        rel = f"files/p{str(pat_id)[:2]}/p{pat_id}/s{study_id}/{dicom_id}.dcm"
+        view, fit = ("PA" if r.random() < 0.7 else "AP"), display_fit(acq["h"], acq["w"])
+        write_dicom(out / rel, img, dict(
+            bits=int(r.choice([12, 14, 16])), rescale=RESCALE[rescale[k]],
+            range_frac=r.uniform(0.7, 1.0), modality=str(r.choice(["CR", "DX"])),
+            photometric="MONOCHROME1" if mono1[k] else "MONOCHROME2",
+            view=view, sop_uid=_uid(seed, dicom_id, "sop"),
+            series_uid=_uid(seed, dicom_id, "series"), study_uid=_uid(seed, dicom_id, "study"),
+            patient_number=pid, patient_id=pat_id, study_id=study_id, sex=str(sex[pid]),
+            date=f"21{r.integers(10, 90)}{r.integers(1, 13):02d}{r.integers(1, 29):02d}"))
+        gaze.append(_gaze_frame(dicom_id, samples, fix_id + samples["i"] + 1, fit))
+        fixations.append(_gaze_frame(dicom_id, fix, fix_id + np.arange(len(fix["t"])) + 1, fit))
+        fix_id += len(fix["t"])
+        focus = {1: "heart", 2: "lesion"}.get(p["label"])  # where the finding is, for teaching
+        fx, fy = anatomy.to_pixels(acq, *anatomy.landmarks(p)[focus]) if focus else (np.nan,) * 2
+        rows.append(dict(
+            dicom_id=dicom_id, path=rel, study_id=study_id, patient_id=pat_id, gender=str(sex[pid]),
+            anchor_age=int(age[pid]), view_position=view,
+            cxr_exam_indication=INDICATIONS[r.integers(len(INDICATIONS))],
+            image_top_pad=fit["top"], image_bottom_pad=fit["bottom"],
+            image_left_pad=fit["left"], image_right_pad=fit["right"],
+            **{c: int(labels[k] == i) for i, c in enumerate(LABEL_COLUMNS)},
+            enlarged_cardiac_silhouette=int(p["label"] == 1), consolidation=int(p["label"] == 2),
+            pleural_effusion=int(any(p.get("effusion", ()))), synthetic_ctr=round(p["ctr"], 4),
+            synthetic_focus_x=round(float(fx), 2), synthetic_focus_y=round(float(fy), 2)))
+
+    pd.DataFrame(rows).to_csv(out / "master_sheet.csv", index=False)
+    pd.concat(gaze, ignore_index=True).to_csv(out / "eye_gaze.csv", index=False)
+    pd.concat(fixations, ignore_index=True).to_csv(out / "fixations.csv", index=False)
+    return out

@@ -1,0 +1,370 @@
+"""The one training loop for every stage (method.md section 4; style.md principle 8).
+
+A stage is: a model, the names of the parts that train (the rest is frozen), a loss function
+``loss_fn(model, batch) -> {"loss": tensor, "logits"?: ..., "saliency_log"?: ...}`` and the
+config's hyper-parameters. :class:`Trainer` does the rest:
+
+* frozen parts get no gradients **and** stay in eval mode, so their BatchNorm statistics do not
+  move (``frozen_bn="train"`` reproduces the paper code, where they drifted);
+* Adam, ReduceLROnPlateau on the validation loss, optional early stopping, and the
+  best-validation weights reloaded at the end;
+* mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler), full
+  precision elsewhere;
+* a checkpoint after every epoch with model, optimiser, scheduler, scaler, epoch, RNG states,
+  config and history, written atomically and read with ``weights_only=True``, so
+  ``resume=True`` continues an interrupted stage to the same weights;
+* a per-epoch history (``history.csv`` / ``history.json``) in the stage's run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from cxrlib.runtime import default_device
+
+BEST, LAST = "best.pt", "last.pt"
+
+
+def atomic_save(obj, path) -> Path:
+    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+    np_state = np.random.get_state()
+    state["numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    state["numpy_pos"], state["numpy_gauss"] = int(np_state[2]), (int(np_state[3]), float(np_state[4]))
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    has_gauss, gauss = state["numpy_gauss"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def amp_settings(device: torch.device, amp: bool | None):
+    """(enabled, dtype, use_scaler): bf16 where the GPU has it, else fp16 with a scaler."""
+    enabled = device.type == "cuda" if amp is None else bool(amp and device.type == "cuda")
+    if not enabled:
+        return False, torch.float32, False
+    if torch.cuda.is_bf16_supported():
+        return True, torch.bfloat16, False
+    return True, torch.float16, True
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def set_trainable(model: nn.Module, train_parts) -> list[nn.Parameter]:
+    """Freeze every part not in ``train_parts``; return the parameters that train."""
+    parts = model.parts()
+    unknown = sorted(set(train_parts) - set(parts))
+    if unknown:
+        raise ValueError(f"unknown part(s) {unknown}; this model has {list(parts)}")
+    params = []
+    for name, part in parts.items():
+        trains = name in train_parts
+        part.requires_grad_(trains)
+        if trains:
+            params += list(part.parameters())
+    return params
+
+
+def set_modes(model: nn.Module, train_parts, frozen_bn: str = "eval") -> None:
+    """Training mode for the trained parts; eval mode for the frozen ones unless told otherwise."""
+    model.train()
+    if frozen_bn == "eval":
+        for name, part in model.parts().items():
+            if name not in train_parts:
+                part.eval()
+
+
+class Trainer:
+    """Fit one stage. See the module docstring for what it takes care of."""
+
+    def __init__(self, model: nn.Module, config, *, train_parts, loss_fn: Callable, collate_fn=None,
+                 extra_modules: dict | None = None,
+                 stage_dir=None, progress: bool = True):
+        self.config = config
+        self.device = torch.device(config.device) if config.device else default_device()
+        self.model = model.to(self.device)
+        self.train_parts = tuple(train_parts)
+        self.loss_fn, self.collate_fn = loss_fn, collate_fn
+        self.extra = nn.ModuleDict(extra_modules or {}).to(self.device)
+        self.stage_dir = Path(stage_dir) if stage_dir is not None else config.stage_dir
+        self.progress = progress
+        params = set_trainable(self.model, self.train_parts) + list(self.extra.parameters())
+        if not params:
+            raise ValueError(f"nothing to train: parts {self.train_parts} have no parameters")
+        self.optimizer = torch.optim.Adam(params, lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=0.1, patience=config.plateau_patience)
+        self.amp, self.amp_dtype, use_scaler = amp_settings(self.device, config.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.history: list[dict] = []
+        self.best_val = math.inf
+        self.start_epoch = 0
+
+    # -- data ------------------------------------------------------------------------------
+    def _loader(self, data: Dataset, *, shuffle: bool, epoch: int = 0) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        batch = self.config.batch_size if shuffle else self.config.eval_batch_size
+        return DataLoader(data, batch_size=batch, shuffle=shuffle, generator=generator,
+                          num_workers=self.config.num_workers, collate_fn=self.collate_fn,
+                          drop_last=shuffle and len(data) > batch,
+                          pin_memory=self.device.type == "cuda")
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _state(self, epoch: int) -> dict:
+        return {
+            "model": self.model.state_dict(), "extra": self.extra.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "epoch": epoch, "rng": _rng_state(),
+            "config": self.config.to_dict(), "history": self.history, "best_val": self.best_val,
+        }
+
+    def _resume(self) -> bool:
+        path = self.stage_dir / LAST
+        if not path.is_file():
+            return False
+        state = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.extra.load_state_dict(state["extra"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        self.history, self.best_val = list(state["history"]), float(state["best_val"])
+        self.start_epoch = int(state["epoch"]) + 1
+        return True
+
+    # -- loop ------------------------------------------------------------------------------
+    def _forward(self, batch: dict) -> dict:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            return self.loss_fn(self.model, batch, **({"extra": self.extra} if len(self.extra) else {}))
+
+    def train_epoch(self, data: Dataset, epoch: int) -> float:
+        set_modes(self.model, self.train_parts, self.config.frozen_bn)
+        self.extra.train()
+        loader = self._loader(data, shuffle=True, epoch=epoch)
+        n_steps = len(loader) if self.config.max_steps_per_epoch is None else min(len(loader), self.config.max_steps_per_epoch)
+        total, count = 0.0, 0
+        bar = _progress(loader, total=n_steps, desc=f"{self.config.stage} epoch {epoch + 1}/{self.config.epochs}",
+                        enabled=self.progress)
+        for step, batch in enumerate(bar):
+            if step >= n_steps:
+                break
+            batch = to_device(batch, self.device)
+            loss = self._forward(batch)["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{self.config.stage}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total, count = total + loss.item(), count + 1
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{total / count:.4f}")
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def evaluate(self, data: Dataset) -> dict:
+        """Validation loss plus the metrics the outputs allow, in eval mode.
+
+        When the loss function returns ``logits`` the macro AUC and accuracy are added; when it
+        returns ``saliency_log`` and the batch has ``saliency``, the mean CC, KLD and SIM.
+        """
+        from cxrlib import metrics
+
+        self.model.eval()
+        self.extra.eval()
+        loader = self._loader(data, shuffle=False)
+        n_steps = len(loader) if self.config.max_steps_per_epoch is None else min(len(loader), self.config.max_steps_per_epoch)
+        total, count, probs, labels, sal = 0.0, 0, [], [], {"cc": [], "kld": [], "sim": []}
+        for step, batch in enumerate(loader):
+            if step >= n_steps:
+                break
+            batch = to_device(batch, self.device)
+            out = self._forward(batch)
+            n = len(batch["label"])
+            total, count = total + out["loss"].float().item() * n, count + n
+            if "logits" in out:
+                probs.append(out["logits"].float().softmax(dim=1).cpu())
+                labels.append(batch["label"].cpu())
+            if "saliency_log" in out and "saliency" in batch:
+                pred = out["saliency_log"].float().exp().cpu().numpy()[:, 0]
+                for p, g in zip(pred, batch["saliency"].float().cpu().numpy()[:, 0]):
+                    sal["cc"].append(metrics.cc(p, g))
+                    sal["kld"].append(metrics.kld(p, g))
+                    sal["sim"].append(metrics.sim(p, g))
+        result = {"val_loss": total / max(count, 1)}
+        if probs:
+            scores = metrics.classification_scores(torch.cat(probs).numpy(), torch.cat(labels).numpy())
+            result.update(val_auc_macro=scores["auc_macro"], val_accuracy=scores["accuracy"])
+        if sal["cc"]:
+            result.update({f"val_{k}": float(np.mean(v)) for k, v in sal.items()})
+        return result
+
+    def fit(self, train_data: Dataset, val_data: Dataset, *, stop_after: int | None = None):
+        """Train for ``config.epochs`` (continuing a checkpoint when ``config.resume``).
+
+        ``stop_after`` ends the run after that many epochs of this call, as an interruption
+        would (tests use it). Returns the history as a DataFrame.
+        """
+        import pandas as pd
+
+        self.stage_dir.mkdir(parents=True, exist_ok=True)
+        self.config.save(self.stage_dir / "config.json")
+        if self.config.resume and self._resume():
+            print(f"{self.config.stage}: resumed after epoch {self.start_epoch} from {self.stage_dir / LAST}")
+        stale = 0
+        for row in self.history:  # early-stopping counter survives a resume
+            stale = 0 if row.get("improved") else stale + 1
+        for done, epoch in enumerate(range(self.start_epoch, self.config.epochs)):
+            if stop_after is not None and done >= stop_after:
+                return pd.DataFrame(self.history)
+            started = time.perf_counter()
+            train_loss = self.train_epoch(train_data, epoch)
+            val = self.evaluate(val_data)
+            self.scheduler.step(val["val_loss"])
+            improved = val["val_loss"] < self.best_val
+            row = {"epoch": epoch + 1, "train_loss": train_loss, **val,
+                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
+                   "improved": bool(improved)}
+            self.history.append(row)
+            if improved:
+                self.best_val = val["val_loss"]
+                atomic_save({"model": self.model.state_dict(), "extra": self.extra.state_dict(),
+                             "config": self.config.to_dict(), "epoch": epoch, "metrics": row}, self.stage_dir / BEST)
+            atomic_save(self._state(epoch), self.stage_dir / LAST)
+            self._write_history()
+            stale = 0 if improved else stale + 1
+            if self.config.early_stopping and stale >= self.config.early_stopping:
+                print(f"{self.config.stage}: early stop after epoch {epoch + 1} ({stale} epochs without improvement)")
+                break
+        self.load_best()
+        self._write_history()
+        return pd.DataFrame(self.history)
+
+    def load_best(self) -> None:
+        path = self.stage_dir / BEST
+        if path.is_file():
+            state = load_checkpoint(path, map_location=self.device)
+            self.model.load_state_dict(state["model"])
+            self.extra.load_state_dict(state["extra"])
+
+    def _write_history(self) -> None:
+        import pandas as pd
+
+        pd.DataFrame(self.history).to_csv(self.stage_dir / "history.csv", index=False)
+        (self.stage_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+
+
+def _progress(iterable, *, total, desc, enabled):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False)
+
+
+def load_init(model: nn.Module, source, *, parts=None) -> list[str]:
+    """Initialise ``parts`` of ``model`` (default: every part) from a checkpoint.
+
+    Only keys of the named parts are read, and each must match in name and shape; a part whose
+    weights are absent from the checkpoint is an error, never a silent partial load.
+    Returns the parts loaded.
+    """
+    state = load_checkpoint(source) if not isinstance(source, dict) else source
+    weights = state.get("model", state)
+    parts = tuple(parts) if parts is not None else tuple(model.parts())
+    own = model.state_dict()
+    loaded = {}
+    for part in parts:
+        keys = [k for k in own if k.startswith(part + ".")]
+        missing = [k for k in keys if k not in weights]
+        if missing:
+            raise KeyError(f"{source}: no weights for part {part!r} (e.g. {missing[0]})")
+        for k in keys:
+            if weights[k].shape != own[k].shape:
+                raise ValueError(f"{source}: {k} has shape {tuple(weights[k].shape)}, the model expects {tuple(own[k].shape)}")
+            loaded[k] = weights[k]
+    model.load_state_dict(loaded, strict=False)
+    return list(parts)
+
+
+@torch.no_grad()
+def precompute(fn: Callable, data: Dataset, *, batch_size: int, device, collate_fn=None, progress=True, desc="features") -> dict:
+    """Run ``fn(batch) -> {name: tensor}`` once over ``data``; return the stacked CPU tensors.
+
+    Used for frozen-feature reuse: what frozen parts compute does not change between epochs.
+    """
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
+    chunks: dict[str, list] = {}
+    for batch in _progress(loader, total=len(loader), desc=desc, enabled=progress):
+        out = fn(to_device(batch, device))
+        for k, v in out.items():
+            chunks.setdefault(k, []).append(v.detach().float().cpu())
+    return {k: torch.cat(v) for k, v in chunks.items()}
+
+
+class CachedFeatures(Dataset):
+    """A data set's samples with precomputed tensors added (row ``i`` of each)."""
+
+    def __init__(self, base: Dataset | None, features: dict, *, keep=None):
+        self.base, self.features, self.keep = base, features, keep
+        self.n = len(next(iter(features.values())))
+        if base is not None and len(base) != self.n:
+            raise ValueError(f"{len(base)} samples but {self.n} feature rows")
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict:
+        sample = {} if self.base is None else dict(self.base[index])
+        if self.keep is not None:
+            sample = {k: v for k, v in sample.items() if k in self.keep}
+        sample.update({k: v[index] for k, v in self.features.items()})
+        return sample
+
+
+def warn_missing_init(stage: str, path: Path, profile: str) -> None:
+    """Smoke runs may start a stage alone: warn and keep the random init. Other profiles fail."""
+    message = (f"{stage}: no upstream checkpoint at {path}; run the previous notebook first, or set "
+               f"init_from='none' to start from random weights")
+    if profile != "smoke":
+        raise FileNotFoundError(message)
+    warnings.warn(message + " (smoke profile: continuing from random weights)", stacklevel=2)
