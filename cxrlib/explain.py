@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM
 from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+from pytorch_grad_cam.utils.model_targets import (ClassifierOutputSoftmaxTarget,
+                                                  ClassifierOutputTarget)
 from torch import nn
 
 from cxrlib import metrics as M
@@ -84,10 +85,6 @@ def _numpy(x) -> np.ndarray:
     return np.asarray(x.detach().cpu() if torch.is_tensor(x) else x, dtype=np.float64)
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _as_distributions(maps: np.ndarray) -> tuple[np.ndarray, int]:
     """(B, H, W) non-negative maps -> each summing to 1; all-zero (or non-finite) maps become
     uniform. Returns the maps and how many were replaced."""
@@ -102,7 +99,8 @@ def _as_distributions(maps: np.ndarray) -> tuple[np.ndarray, int]:
 def _targets(target_classes, batch: int):
     if target_classes is None:
         return None
-    classes = [int(target_classes)] * batch if np.ndim(target_classes) == 0 else list(target_classes)
+    scalar = np.ndim(target_classes) == 0
+    classes = [int(target_classes)] * batch if scalar else [int(c) for c in target_classes]
     if len(classes) != batch:
         raise ValueError(f"{len(classes)} target classes for {batch} images")
     return classes
@@ -125,7 +123,7 @@ def cam_maps(model: nn.Module, images: torch.Tensor, *, method: str = "gradcam",
     if method not in CAM_METHODS:
         raise ValueError(f"unknown CAM method {method!r}; valid: {', '.join(CAM_METHODS)}")
     layers = list(target_layers if target_layers is not None else model.cam_target_layers)
-    x = images.detach().to(_device(model), torch.float32).requires_grad_(True)
+    x = images.detach().to(next(model.parameters()).device, torch.float32).requires_grad_(True)
     classes = _targets(target_classes, len(x))
     targets = None if classes is None else [ClassifierOutputTarget(c) for c in classes]
     with _inference_state(model), torch.enable_grad():
@@ -140,10 +138,14 @@ def cam_maps(model: nn.Module, images: torch.Tensor, *, method: str = "gradcam",
 
 @torch.no_grad()
 def predicted_saliency(model: nn.Module, images: torch.Tensor) -> np.ndarray:
-    """The model's saliency, ``exp(saliency_log)``, as (B, H, W) float64 maps summing to 1."""
+    """The model's saliency, ``exp(saliency_log)``, as (B, H, W) float64 maps.
+
+    Renormalised in float64: the float32 log-softmax sums to 1 only to about 1e-6.
+    """
     with _inference_state(model):
-        log_p = model(images.to(_device(model), torch.float32))["saliency_log"]  # (B, 1, H, W)
-    return log_p[:, 0].double().exp().cpu().numpy()
+        log_p = model(images.to(next(model.parameters()).device, torch.float32))["saliency_log"]
+    p = log_p[:, 0].double().exp().cpu().numpy()
+    return p / p.sum(axis=(1, 2), keepdims=True)
 
 
 def standard_methods(final_model: nn.Module, *, encoder_model: nn.Module | None = None,
@@ -253,7 +255,10 @@ def scoreboard_figure(df: pd.DataFrame):
     fig, axes = plt.subplots(1, len(metrics), figsize=(2.6 * len(metrics), 0.35 * len(order) + 1.2),
                              sharey=True, squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        sns.boxplot(data=df, x=metric, y="method", order=order, color="0.85", fliersize=0, ax=ax)
+        with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11's deprecated `vert`
+            warnings.filterwarnings("ignore", "vert: bool", DeprecationWarning)
+            sns.boxplot(data=df, x=metric, y="method", order=order, color="0.85", fliersize=0,
+                        ax=ax)
         sns.stripplot(data=df, x=metric, y="method", order=order, size=2.5, alpha=0.6, ax=ax)
         ax.set_title(metric + (" (lower is better)" if metric == "kld" else ""), fontsize=9)
         ax.set_xlabel("")
@@ -288,11 +293,16 @@ def faithfulness(model: nn.Module, images: torch.Tensor, cams: np.ndarray, *,
     score: higher means a more faithful map. Ties in a map are broken at random (``seed``, also
     seeding the imputation noise) so exactly k% of the pixels go.
     """
-    wrapped, device = LogitsOnly(model), _device(model)
-    x = images.detach().to(device, torch.float32)
+    if not all(0 < k < 100 for k in percentiles):
+        raise ValueError(f"percentiles must lie strictly between 0 and 100, got {percentiles}")
+    wrapped = LogitsOnly(model)
+    x = images.detach().to(next(model.parameters()).device, torch.float32)
     rng = np.random.default_rng(seed)
     ranks = np.stack([_rank_map(np.asarray(c, dtype=np.float64), rng) for c in cams])  # (B, H, W)
-    with _inference_state(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
+    with _inference_state(model), torch.no_grad(), torch.random.fork_rng(devices=[]), \
+            warnings.catch_warnings():
+        # the package's imputer passes torch tensors to NumPy (a NumPy 2 deprecation, harmless)
+        warnings.filterwarnings("ignore", "__array_wrap__", DeprecationWarning)
         torch.manual_seed(seed)
         probs = torch.softmax(wrapped(x), dim=1)  # (B, C)
         classes = _targets(target_classes, len(x)) or probs.argmax(1).tolist()

@@ -290,7 +290,8 @@ def predict(model: nn.Module, data, config, *, progress: bool = True) -> dict:
 
     model.eval()
     device = next(model.parameters()).device
-    loader = DataLoader(data, batch_size=config.eval_batch_size, shuffle=False, collate_fn=collate)
+    loader = DataLoader(data, batch_size=config.eval_batch_size, shuffle=False, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
     out = {"probs": [], "labels": [], "saliency": [], "target": [], "fixations": [], "dicom_id": []}
     for batch in _progress(loader, total=len(loader), desc="predict", enabled=progress):
         result = model(to_device(batch, device)["image"])

@@ -332,7 +332,10 @@ def precompute(fn: Callable, data: Dataset, *, batch_size: int, device, collate_
 
     Used for frozen-feature reuse: what frozen parts compute does not change between epochs.
     """
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_fn)
+    # A private generator: a DataLoader without one draws its base seed from the global RNG,
+    # which would shift every later dropout mask (and break reuse/no-reuse equivalence).
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
+                        generator=torch.Generator().manual_seed(0))
     chunks: dict[str, list] = {}
     for batch in _progress(loader, total=len(loader), desc=desc, enabled=progress):
         out = fn(to_device(batch, device))
