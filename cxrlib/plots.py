@@ -158,3 +158,23 @@ def saliency_grid(images, rows: list[dict], titles=None):
             axes[r, 0].set_ylabel(titles[r], fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def save_figure(fig, name: str, config) -> "Path | None":
+    """Write a deliberate figure to ``figures/`` - only from a demo run on the synthetic data.
+
+    Figures made from PhysioNet data must never enter the repository, so any run with an
+    ``egd_root`` (and any profile but demo) writes nothing here and says so.
+    """
+    from pathlib import Path
+
+    from cxrlib.config import repository_root
+
+    if config.egd_root is not None or config.profile != "demo":
+        print(f"not saving figures/{name}: only demo runs on the synthetic data write to figures/")
+        return None
+    path = Path(repository_root()) / "figures" / name
+    path.parent.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"saved {path}")
+    return path

@@ -1,0 +1,121 @@
+"""Notebook 06's comparison figures: the paper's qualitative layout and an interactive viewer.
+
+The viewer's drawing function is an ordinary function, called once statically so that
+papermill and nbmake execute it without a browser; the ipywidgets controls only re-call it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cxrlib import CLASS_NAMES, explain
+from cxrlib import metrics as M
+
+
+def _image_batch(sample, model) -> torch.Tensor:
+    device = next(model.parameters()).device
+    return sample["image"][None].to(device)
+
+
+def comparison_maps(sample, final_model, *, encoder_model=None, baseline_model=None, method="gradcam",
+                    target_class=None) -> dict:
+    """Maps of one sample: ``predicted``, and ``method`` (a CAM on the stage-1b classifier, a
+    ``final_<cam>`` on the final model, ``centre_bias`` or ``mtunet``), for ``target_class``
+    (None: the predicted class)."""
+    images = _image_batch(sample, final_model)
+    maps = {"predicted": explain.predicted_saliency(final_model, images)[0]}
+    shape = tuple(images.shape[-2:])
+    if method == "centre_bias":
+        maps[method] = M.centre_bias_map(shape)
+    elif method == "mtunet":
+        if baseline_model is None:
+            raise ValueError("method 'mtunet' needs the MT-UNet checkpoint (notebook 07 trains it)")
+        maps[method] = explain.predicted_saliency(baseline_model, images)[0]
+    else:
+        final = method.startswith("final_")
+        cam = method[len("final_"):] if final else method
+        if cam not in explain.CAM_METHODS:
+            raise ValueError(f"unknown method {method!r}; CAMs: {list(explain.CAM_METHODS)}")
+        model = final_model if final else encoder_model
+        if model is None:
+            raise ValueError(f"method {method!r} needs the stage-1b classifier (encoder_model)")
+        maps[method] = explain.cam_maps(model, images, method=cam, target_classes=target_class)[0]
+    return maps
+
+
+def show_comparison(data, index: int, final_model, *, method="gradcam", target_class=None, alpha=0.45,
+                    encoder_model=None, baseline_model=None):
+    """Image | gaze | predicted | chosen map for one image, with the metrics in the titles."""
+    sample = data[index]
+    maps = comparison_maps(sample, final_model, encoder_model=encoder_model, baseline_model=baseline_model,
+                           method=method, target_class=target_class)
+    fig = explain.draw_comparison(sample["image"], sample["saliency"], maps, method=method, alpha=alpha)
+    target = "predicted class" if target_class is None else CLASS_NAMES[target_class]
+    fig.suptitle(f"#{index} {CLASS_NAMES[sample['label']]} ({sample['dicom_id'][:8]}); CAM target: {target}",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def interactive_comparison(data, final_model, *, encoder_model=None, baseline_model=None,
+                           cam_methods=explain.DEFAULT_CAMS):
+    """ipywidgets controls (class, image, method, target class, opacity) over :func:`show_comparison`."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    labels = np.asarray([data[i]["label"] for i in range(len(data))])
+    methods = ([m for m in cam_methods] if encoder_model is not None else []) + [f"final_{m}" for m in cam_methods]
+    methods += ["centre_bias"] + (["mtunet"] if baseline_model is not None else [])
+    klass = widgets.Dropdown(options=[("any", -1)] + [(n, k) for k, n in enumerate(CLASS_NAMES)], description="class")
+    index = widgets.Dropdown(options=list(range(len(data))), description="image")
+    method = widgets.Dropdown(options=methods, value=methods[0], description="method")
+    target = widgets.Dropdown(options=[("predicted", None)] + [(n, k) for k, n in enumerate(CLASS_NAMES)],
+                              description="CAM target")
+    alpha = widgets.FloatSlider(value=0.45, min=0.0, max=1.0, step=0.05, description="opacity")
+    out = widgets.Output()
+
+    def restrict(change=None):
+        chosen = klass.value
+        index.options = [int(i) for i in range(len(data)) if chosen == -1 or labels[i] == chosen]
+
+    def redraw(change=None):
+        if index.value is None:
+            return
+        with out:
+            out.clear_output(wait=True)
+            fig = show_comparison(data, index.value, final_model, method=method.value, target_class=target.value,
+                                  alpha=alpha.value, encoder_model=encoder_model, baseline_model=baseline_model)
+            display(fig)
+            plt.close(fig)
+
+    klass.observe(restrict, names="value")
+    for w in (index, method, target, alpha):
+        w.observe(redraw, names="value")
+    restrict()
+    redraw()
+    return widgets.VBox([widgets.HBox([klass, index, method]), widgets.HBox([target, alpha]), out])
+
+
+def qualitative_figure(data, indices, final_model, *, encoder_model=None, baseline_model=None, cam="gradcam"):
+    """The paper's qualitative layout: Original | gaze | predicted | MT-UNet | Grad-CAM, CC in titles."""
+    from cxrlib.plots import saliency_grid
+
+    images, rows, titles = [], [], []
+    for i in indices:
+        sample = data[i]
+        gt = sample["saliency"][0].numpy()
+        row = {"original": None, "gaze (ground truth)": gt}
+        maps = comparison_maps(sample, final_model, method="centre_bias")
+        row[f"predicted  CC {M.cc(maps['predicted'], gt):.2f}"] = maps["predicted"]
+        if baseline_model is not None:
+            m = comparison_maps(sample, final_model, baseline_model=baseline_model, method="mtunet")["mtunet"]
+            row[f"MT-UNet  CC {M.cc(m, gt):.2f}"] = m
+        if encoder_model is not None:
+            m = comparison_maps(sample, final_model, encoder_model=encoder_model, method=cam)[cam]
+            row[f"{cam} (stage 1b)  CC {M.cc(m, gt):.2f}"] = m
+        images.append(sample["image"][0].numpy())
+        rows.append(row)
+        titles.append(CLASS_NAMES[sample["label"]])
+    return saliency_grid(images, rows, titles=titles)
