@@ -64,11 +64,11 @@ def test_off_image_gaze_is_dropped_and_counted(synthetic_root):
 def test_cache_serves_the_same_sample_and_keys_on_parameters(synthetic_root, tmp_path):
     ds = dataset(synthetic_root, cache_dir=tmp_path / "cache")
     first = ds[0]
-    assert len(list((tmp_path / "cache").glob("*/*.npz"))) == 1
+    assert len(list((tmp_path / "cache").glob("*/*.bin"))) == 1
     again = ds[0]
     assert torch.equal(first["image"], again["image"]) and torch.equal(first["saliency"], again["saliency"])
     other = dataset(synthetic_root, cache_dir=tmp_path / "cache", sigma_frac=0.05)[0]
-    assert len(list((tmp_path / "cache").glob("*/*.npz"))) == 2
+    assert len(list((tmp_path / "cache").glob("*/*.bin"))) == 2
     assert not torch.equal(other["saliency"], first["saliency"])
     uncached = dataset(synthetic_root)[0]
     assert torch.allclose(uncached["image"], first["image"]) and torch.allclose(uncached["saliency"], first["saliency"])
@@ -280,3 +280,13 @@ def test_master_sheet_labels(synthetic_root):
     sheet = read_master_sheet(synthetic_root / "master_sheet.csv")
     onehot = sheet[["Normal", "CHF", "pneumonia"]].to_numpy()
     assert (onehot.argmax(1) == sheet["label"]).all()
+
+
+def test_damaged_cache_entry_is_recomputed(synthetic_root, tmp_path):
+    ds = dataset(synthetic_root, cache_dir=tmp_path / "cache")
+    first = ds[1]
+    (entry,) = list((tmp_path / "cache").glob("*/*.bin"))
+    entry.write_bytes(entry.read_bytes()[:100])  # as if the writer was killed
+    again = dataset(synthetic_root, cache_dir=tmp_path / "cache")[1]
+    assert torch.equal(first["image"], again["image"]) and torch.equal(first["saliency"], again["saliency"])
+    assert entry.stat().st_size > 100

@@ -161,6 +161,7 @@ class EGDDataset(Dataset):
                 f".dcm and MIMIC-CXR-JPG .jpg. Check image_root (the folder that holds files/p10 ...)."
             )
         self.cache = SampleCache(cache_dir)
+        self._keys: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.sheet)
@@ -196,16 +197,18 @@ class EGDDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         dicom_id = self.sheet["dicom_id"].iloc[index]
-        gaze = self.gaze[dicom_id]
-        key = sample_key(self.image_paths[index], self.params, gaze.xy, gaze.weight)
+        key = self._keys.get(index)
+        if key is None:  # hashing is per data set instance: files do not change under a run
+            gaze = self.gaze[dicom_id]
+            key = self._keys[index] = sample_key(self.image_paths[index], self.params, gaze.xy, gaze.weight)
         arrays = self.cache.get(key)
         if arrays is None:
             arrays = self._compute(index)
             self.cache.put(key, arrays)
         return {
             "image": torch.from_numpy(arrays["image"].astype(np.float32) / 65535.0)[None],
-            "saliency": torch.from_numpy(arrays["saliency"])[None],
-            "fixations": torch.from_numpy(arrays["fixations"]),
+            "saliency": torch.from_numpy(arrays["saliency"].copy())[None],
+            "fixations": torch.from_numpy(arrays["fixations"].copy()),
             "label": int(self.sheet["label"].iloc[index]),
             "dicom_id": dicom_id,
             "patient_id": str(self.sheet["patient_id"].iloc[index]),
