@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrlib import losses
+from cxrlib import distributed, losses
 from cxrlib.data import EGDDataset, collate, load_or_make_splits, read_master_sheet, split_ids
 from cxrlib.data.augment import random_view
 from cxrlib.model import DenseNetClassifier, DualEncoderMTUNet, build_model
@@ -73,10 +73,14 @@ def dataset_kwargs(config, image_size=None) -> dict:
 
 
 def prepare_data(config, *, progress: bool = True) -> DataBundle:
-    """Data sets of the three splits; the split is made once and kept in ``run_dir/splits.csv``."""
-    egd_root, image_root = ensure_data(config, progress=progress)
-    sheet = read_master_sheet(egd_root / "master_sheet.csv")
-    splits = load_or_make_splits(Path(config.run_dir) / "splits.csv", sheet, seed=config.data_seed)
+    """Data sets of the three splits; the split is made once and kept in ``run_dir/splits.csv``.
+
+    Under torchrun rank 0 writes the synthetic data and the split first; the others then read them.
+    """
+    with distributed.main_first():
+        egd_root, image_root = ensure_data(config, progress=progress and distributed.is_main())
+        sheet = read_master_sheet(egd_root / "master_sheet.csv")
+        splits = load_or_make_splits(Path(config.run_dir) / "splits.csv", sheet, seed=config.data_seed)
     kwargs = dataset_kwargs(config)
     sets = {name: EGDDataset(egd_root, image_root, ids=split_ids(splits, name), **kwargs)
             for name in ("train", "val", "test")}
@@ -128,16 +132,22 @@ def projection_head(in_features: int = 1920, hidden: int = 512, out: int = 128) 
 
 
 def contrastive_step(config):
-    """Stage 1a: the configured contrastive loss on GAP(denseblock4) (method.md section 3)."""
+    """Stage 1a: the configured contrastive loss on GAP(denseblock4) (method.md section 3).
+
+    Under torchrun the training loss is formed on the batch of all ranks (every rank's negatives
+    see the others'; gradients flow back through the all-gather, see ``cxrlib.distributed``);
+    validation, in eval mode, stays per rank.
+    """
     def step(model, batch, extra=None):
+        gather = distributed.all_gather_batch if model.training and distributed.world_size() > 1 else None
         if config.loss == "ntxent":
             views = [random_view(batch["image"]) for _ in range(2)]
             z = [extra["projection"](model(v)["embedding"]) for v in views]
-            return {"loss": losses.nt_xent(z[0], z[1], temperature=config.temperature)}
+            return {"loss": losses.nt_xent(z[0], z[1], temperature=config.temperature, gather=gather)}
         embedding = model(batch["image"])["embedding"]  # (B, 1920)
         if config.loss == "triplet":
-            return {"loss": losses.triplet_all(embedding, batch["label"], margin=config.margin)}
-        return {"loss": losses.supcon(embedding, batch["label"], temperature=config.temperature)}
+            return {"loss": losses.triplet_all(embedding, batch["label"], margin=config.margin, gather=gather)}
+        return {"loss": losses.supcon(embedding, batch["label"], temperature=config.temperature, gather=gather)}
     return step
 
 
@@ -157,7 +167,8 @@ def saliency_step(model, batch, extra=None):
     """Stage 2: KL between the gaze map and the predicted saliency."""
     features = model.forward_features(batch["image"], dense=_cached_dense(batch))
     out = model.forward_head(features)
-    return {"loss": losses.saliency_kl(out["saliency_log"], batch["saliency"]), **out}
+    # Only the saliency output: the fusion classifier is untrained here, its AUC would mislead.
+    return {"loss": losses.saliency_kl(out["saliency_log"], batch["saliency"]), "saliency_log": out["saliency_log"]}
 
 
 def fusion_step(model, batch, extra=None):
@@ -213,10 +224,12 @@ def run_stage(config, data: DataBundle, *, model: nn.Module | None = None, progr
 
     ``model``: an already built and initialised model (else built and initialised here).
     Stage 3 with ``mode="joint"`` continues with ``joint_epochs`` of joint fine-tuning.
+    Under torchrun every rank runs this same call (progress bars on rank 0 only).
     """
     if config.stage not in STAGES:
         raise ValueError(f"run_stage trains {sorted(STAGES)}, not {config.stage!r}")
     seed_everything(config.seed)
+    progress = progress and distributed.is_main()
     init = "model given by the caller"
     if model is None:
         model = build_stage_model(config)
@@ -228,9 +241,11 @@ def run_stage(config, data: DataBundle, *, model: nn.Module | None = None, progr
         extra = {"projection": projection_head(model.densenet.out_channels)}
     train, val = data.train, data.val
     if reuse is not None and config.reuse_frozen_features and config.frozen_bn == "eval":
+        # Under torchrun each rank computes its own full copy; the sampler then shards it.
         train, val = (reuse(model, d, config, progress=progress) for d in (train, val))
+    # Stage 1a's embedding is taken before DenseNet's norm5, which therefore gets no gradient.
     trainer = Trainer(model, config, train_parts=train_parts, loss_fn=make_step(config), collate_fn=collate,
-                      extra_modules=extra, progress=progress)
+                      extra_modules=extra, progress=progress, find_unused_parameters=config.stage == "stage1a")
     history = trainer.fit(train, val, stop_after=stop_after)
     if config.stage == "stage3" and config.mode == "joint" and config.joint_epochs > 0:
         history = _joint_phase(config, data, model, history, progress)
@@ -251,7 +266,9 @@ def _joint_phase(config, data, model, history, progress):
                         learn_saliency_sigma=config.learn_saliency_sigma)})
     joint_history = joint.fit(data.train, data.val)
     # The joint phase's best weights are the stage's result: stage3/best.pt is what later notebooks load.
-    shutil.copyfile(config.stage_dir / "joint" / BEST, config.stage_dir / BEST)
+    if distributed.is_main():
+        shutil.copyfile(config.stage_dir / "joint" / BEST, config.stage_dir / BEST)
+    distributed.barrier()
     return pd.concat([history.assign(phase="head"), joint_history.assign(phase="joint")], ignore_index=True)
 
 
@@ -279,6 +296,24 @@ def load_stage_model(config, stage: str = "stage3", *, model_name: str | None = 
     model = build_model(name, **kwargs)
     model.load_state_dict(state["model"])
     return model.to(_device(config)).eval()
+
+
+def trained_model(config, stage: str, *, model_name: str | None = None, required: bool = True):
+    """``load_stage_model`` if the stage's checkpoint exists; else (smoke only) a random model.
+
+    ``required=False``: return None when the checkpoint is missing (optional baselines).
+    """
+    path = checkpoint_path(config, stage)
+    if path.is_file():
+        return load_stage_model(config, stage, model_name=model_name)
+    if not required:
+        return None
+    warn_missing_init(config.stage, path, config.profile)
+    name = model_name or ("densenet" if stage in ("stage1a", "stage1b") else "dual")
+    kwargs = {"densenet_arch": config.densenet_arch} if name in ("dual", "densenet") else {}
+    if name != "densenet":
+        kwargs["base_width"] = config.base_width
+    return build_model(name, **kwargs).to(_device(config)).eval()
 
 
 @torch.no_grad()

@@ -13,7 +13,11 @@ config's hyper-parameters. :class:`Trainer` does the rest:
 * a checkpoint after every epoch with model, optimiser, scheduler, scaler, epoch, RNG states,
   config and history, written atomically and read with ``weights_only=True``, so
   ``resume=True`` continues an interrupted stage to the same weights;
-* a per-epoch history (``history.csv`` / ``history.json``) in the stage's run folder.
+* a per-epoch history (``history.csv`` / ``history.json``) in the stage's run folder;
+* under torchrun (:mod:`cxrlib.distributed`): DistributedDataParallel over the whole step, a
+  DistributedSampler reshuffled each epoch, validation sharded and merged so every rank sees the
+  same metrics, optional SyncBatchNorm, and only rank 0 writing files. Checkpoints hold the
+  unwrapped model, so they load in one process or any number of them.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from cxrlib.runtime import default_device
+from cxrlib import distributed
+from cxrlib.runtime import default_device, seed_everything
 
 BEST, LAST = "best.pt", "last.pt"
 
@@ -112,12 +117,30 @@ def set_modes(model: nn.Module, train_parts, frozen_bn: str = "eval") -> None:
                 part.eval()
 
 
+class _Step(nn.Module):
+    """Model, extra modules and step function as one module: DistributedDataParallel then sees
+    every trained parameter, and a step that calls parts directly (``model.classifier(...)``)
+    still runs inside its forward, where DDP hooks the gradient all-reduce."""
+
+    def __init__(self, model: nn.Module, extra: nn.ModuleDict, loss_fn: Callable):
+        super().__init__()
+        self.model, self.extra, self.loss_fn = model, extra, loss_fn
+
+    def forward(self, batch: dict) -> dict:
+        return self.loss_fn(self.model, batch, **({"extra": self.extra} if len(self.extra) else {}))
+
+
 class Trainer:
-    """Fit one stage. See the module docstring for what it takes care of."""
+    """Fit one stage. See the module docstring for what it takes care of.
+
+    ``find_unused_parameters``: passed to DistributedDataParallel (only under torchrun); needed
+    when a trained parameter does not reach the loss (stage 1a: the contrastive embedding is
+    taken before DenseNet's ``norm5``).
+    """
 
     def __init__(self, model: nn.Module, config, *, train_parts, loss_fn: Callable, collate_fn=None,
                  extra_modules: dict | None = None,
-                 stage_dir=None, progress: bool = True):
+                 stage_dir=None, progress: bool = True, find_unused_parameters: bool = False):
         self.config = config
         self.device = torch.device(config.device) if config.device else default_device()
         self.model = model.to(self.device)
@@ -125,7 +148,7 @@ class Trainer:
         self.loss_fn, self.collate_fn = loss_fn, collate_fn
         self.extra = nn.ModuleDict(extra_modules or {}).to(self.device)
         self.stage_dir = Path(stage_dir) if stage_dir is not None else config.stage_dir
-        self.progress = progress
+        self.progress = progress and distributed.is_main()
         params = set_trainable(self.model, self.train_parts) + list(self.extra.parameters())
         if not params:
             raise ValueError(f"nothing to train: parts {self.train_parts} have no parameters")
@@ -137,14 +160,34 @@ class Trainer:
         self.history: list[dict] = []
         self.best_val = math.inf
         self.start_epoch = 0
+        self.ddp = self._wrap_ddp(find_unused_parameters) if distributed.is_distributed() else None
+
+    def _wrap_ddp(self, find_unused_parameters: bool) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.config.sync_batchnorm:
+            if self.device.type == "cuda":  # same Parameter objects: the optimiser is unaffected
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            else:
+                warnings.warn("sync_batchnorm needs CUDA; keeping per-process BatchNorm", stacklevel=3)
+        device_ids = None
+        if self.device.type == "cuda":
+            device_ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+        return DistributedDataParallel(_Step(self.model, self.extra, self.loss_fn), device_ids=device_ids,
+                                       find_unused_parameters=find_unused_parameters)
 
     # -- data ------------------------------------------------------------------------------
     def _loader(self, data: Dataset, *, shuffle: bool, epoch: int = 0) -> DataLoader:
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
         batch = self.config.batch_size if shuffle else self.config.eval_batch_size
-        return DataLoader(data, batch_size=batch, shuffle=shuffle, generator=generator,
-                          num_workers=self.config.num_workers, collate_fn=self.collate_fn,
-                          drop_last=shuffle and len(data) > batch,
+        sampler = None
+        if shuffle and distributed.is_distributed():  # batch_size is per process
+            sampler = DistributedSampler(data, shuffle=True, seed=self.config.seed)
+            sampler.set_epoch(epoch)
+        n = len(data) if sampler is None else sampler.num_samples
+        return DataLoader(data, batch_size=batch, shuffle=shuffle and sampler is None, sampler=sampler,
+                          generator=generator, num_workers=self.config.num_workers, collate_fn=self.collate_fn,
+                          drop_last=shuffle and n > batch,
                           pin_memory=self.device.type == "cuda")
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -172,11 +215,16 @@ class Trainer:
         return True
 
     # -- loop ------------------------------------------------------------------------------
-    def _forward(self, batch: dict) -> dict:
+    def _forward(self, batch: dict, *, train: bool = False) -> dict:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            if train and self.ddp is not None:
+                return self.ddp(batch)
             return self.loss_fn(self.model, batch, **({"extra": self.extra} if len(self.extra) else {}))
 
     def train_epoch(self, data: Dataset, epoch: int) -> float:
+        if distributed.is_distributed():  # own dropout / augmentation draws per rank, the same after a resume
+            seed = np.random.SeedSequence([self.config.seed, epoch, distributed.rank()]).generate_state(1)[0]
+            seed_everything(int(seed))
         set_modes(self.model, self.train_parts, self.config.frozen_bn)
         self.extra.train()
         loader = self._loader(data, shuffle=True, epoch=epoch)
@@ -188,7 +236,7 @@ class Trainer:
             if step >= n_steps:
                 break
             batch = to_device(batch, self.device)
-            loss = self._forward(batch)["loss"]
+            loss = self._forward(batch, train=True)["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{self.config.stage}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
             self.optimizer.zero_grad(set_to_none=True)
@@ -198,6 +246,9 @@ class Trainer:
             total, count = total + loss.item(), count + 1
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{total / count:.4f}")
+        if distributed.is_distributed():
+            distributed.broadcast_buffers(self.ddp)  # rank 0's BatchNorm statistics, as DDP's next forward would
+            total, count = distributed.sum_across(total, count)  # the mean over every rank's steps
         return total / max(count, 1)
 
     @torch.no_grad()
@@ -211,8 +262,12 @@ class Trainer:
 
         self.model.eval()
         self.extra.eval()
+        n_steps = self.config.max_steps_per_epoch
+        if distributed.is_distributed():  # rank r takes samples r, r + N, ... of those one process would see
+            seen = len(data) if n_steps is None else min(len(data), n_steps * self.config.eval_batch_size)
+            data = Subset(data, range(distributed.rank(), seen, distributed.world_size()))
         loader = self._loader(data, shuffle=False)
-        n_steps = len(loader) if self.config.max_steps_per_epoch is None else min(len(loader), self.config.max_steps_per_epoch)
+        n_steps = len(loader) if n_steps is None else min(len(loader), n_steps)
         total, count, probs, labels, sal = 0.0, 0, [], [], {"cc": [], "kld": [], "sim": []}
         for step, batch in enumerate(loader):
             if step >= n_steps:
@@ -230,6 +285,11 @@ class Trainer:
                     sal["cc"].append(metrics.cc(p, g))
                     sal["kld"].append(metrics.kld(p, g))
                     sal["sim"].append(metrics.sim(p, g))
+        if distributed.is_distributed():  # every rank computes the metrics of the whole set
+            total, count = distributed.sum_across(total, count)
+            merged = distributed.concat_across({"probs": probs, "labels": labels, **sal})
+            probs, labels = merged.pop("probs"), merged.pop("labels")
+            sal = merged
         result = {"val_loss": total / max(count, 1)}
         if probs:
             scores = metrics.classification_scores(torch.cat(probs).numpy(), torch.cat(labels).numpy())
@@ -246,9 +306,11 @@ class Trainer:
         """
         import pandas as pd
 
-        self.stage_dir.mkdir(parents=True, exist_ok=True)
-        self.config.save(self.stage_dir / "config.json")
-        if self.config.resume and self._resume():
+        main = distributed.is_main()  # the only rank that writes; the others wait at barriers
+        if main:
+            self.stage_dir.mkdir(parents=True, exist_ok=True)
+            self.config.save(self.stage_dir / "config.json")
+        if self.config.resume and self._resume() and main:
             print(f"{self.config.stage}: resumed after epoch {self.start_epoch} from {self.stage_dir / LAST}")
         stale = 0
         for row in self.history:  # early-stopping counter survives a resume
@@ -267,16 +329,21 @@ class Trainer:
             self.history.append(row)
             if improved:
                 self.best_val = val["val_loss"]
+            if improved and main:
                 atomic_save({"model": self.model.state_dict(), "extra": self.extra.state_dict(),
                              "config": self.config.to_dict(), "epoch": epoch, "metrics": row}, self.stage_dir / BEST)
-            atomic_save(self._state(epoch), self.stage_dir / LAST)
-            self._write_history()
+            if main:
+                atomic_save(self._state(epoch), self.stage_dir / LAST)
+                self._write_history()
+            distributed.barrier()  # best.pt / last.pt complete before any rank reads them
             stale = 0 if improved else stale + 1
             if self.config.early_stopping and stale >= self.config.early_stopping:
-                print(f"{self.config.stage}: early stop after epoch {epoch + 1} ({stale} epochs without improvement)")
+                if main:
+                    print(f"{self.config.stage}: early stop after epoch {epoch + 1} ({stale} epochs without improvement)")
                 break
         self.load_best()
-        self._write_history()
+        if main:
+            self._write_history()
         return pd.DataFrame(self.history)
 
     def load_best(self) -> None:
