@@ -203,10 +203,11 @@ def with_fused_features(model, data, config, *, progress=True):
     """Stage 3: the 1984-d fused vector of every sample, one forward pass instead of one per epoch."""
     model.eval()
     device = next(model.parameters()).device
-    feats = precompute(lambda b: {"fused": model.forward_head(model.forward_features(b["image"]), pre_logits=True)},
+    feats = precompute(lambda b: {"fused": model.forward_head(model.forward_features(b["image"]), pre_logits=True),
+                                  "label": b["label"]},
                        data, batch_size=config.eval_batch_size, device=device, collate_fn=collate,
                        progress=progress, desc="frozen fused features")
-    return CachedFeatures(data, feats, keep=("label", "dicom_id"))
+    return CachedFeatures(None, feats)  # the head needs no image: samples are the cached rows alone
 
 
 # stage -> (parts that train, step function factory, frozen-feature reuse or None)
@@ -279,7 +280,7 @@ def embeddings(model: nn.Module, data, config, *, progress: bool = False):
     out = precompute(lambda b: {"embedding": model(b["image"])["embedding"], "label": b["label"]},
                      data, batch_size=config.eval_batch_size, device=_device(config), collate_fn=collate,
                      progress=progress, desc="embeddings")
-    return out["embedding"].numpy(), out["label"].long().numpy()
+    return out["embedding"].numpy(), out["label"].numpy()
 
 
 def load_stage_model(config, stage: str = "stage3", *, model_name: str | None = None) -> nn.Module:

@@ -407,15 +407,17 @@ def precompute(fn: Callable, data: Dataset, *, batch_size: int, device, collate_
     for batch in _progress(loader, total=len(loader), desc=desc, enabled=progress):
         out = fn(to_device(batch, device))
         for k, v in out.items():
-            chunks.setdefault(k, []).append(v.detach().float().cpu())
+            v = v.detach().cpu()
+            chunks.setdefault(k, []).append(v.float() if v.is_floating_point() else v)  # AMP halves -> float32
     return {k: torch.cat(v) for k, v in chunks.items()}
 
 
 class CachedFeatures(Dataset):
-    """A data set's samples with precomputed tensors added (row ``i`` of each)."""
+    """Precomputed tensors (row ``i`` of each), added to a data set's samples or (``base=None``)
+    standing alone."""
 
-    def __init__(self, base: Dataset | None, features: dict, *, keep=None):
-        self.base, self.features, self.keep = base, features, keep
+    def __init__(self, base: Dataset | None, features: dict):
+        self.base, self.features = base, features
         self.n = len(next(iter(features.values())))
         if base is not None and len(base) != self.n:
             raise ValueError(f"{len(base)} samples but {self.n} feature rows")
@@ -425,8 +427,6 @@ class CachedFeatures(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample = {} if self.base is None else dict(self.base[index])
-        if self.keep is not None:
-            sample = {k: v for k, v in sample.items() if k in self.keep}
         sample.update({k: v[index] for k, v in self.features.items()})
         return sample
 
