@@ -1,4 +1,4 @@
-"""The ``cxrlib`` command: ``synth``, ``run``, ``bench``, ``bench-data``."""
+"""The ``cxrlib`` command: ``synth``, ``run``, ``train``, ``ablate``, ``bench``, ``bench-data``, ``bench-reuse``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,54 @@ def _run(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    """One stage, as its notebook trains it; under ``torchrun`` on every GPU (cxrlib.distributed)."""
+    from cxrlib import distributed, stages
+    from cxrlib.config import make_config
+    from cxrlib.run import parse_value
+
+    params = {name: parse_value(value) for name, value in (args.param or [])}
+    config = make_config(args.stage, args.profile, **params)  # a wrong parameter fails before any work
+    distributed.setup()
+    try:
+        data = stages.prepare_data(config, progress=not args.no_progress)
+        result = stages.run_stage(config, data, progress=not args.no_progress)
+        if distributed.is_main():
+            print(f"{config.stage} ({config.profile}, {distributed.world_size()} process(es)): {result.init}")
+            print(result.history.to_string(index=False))
+            print(f"best checkpoint: {stages.checkpoint_path(config)}")
+    finally:
+        distributed.cleanup()
+    return 0
+
+
+def _ablate(args) -> int:
+    """Notebook 07's variants x seeds in one process, then the results table."""
+    import pandas as pd
+
+    from cxrlib import ablation, results
+    from cxrlib.config import make_config
+    from cxrlib.run import parse_value
+
+    params = {name: parse_value(value) for name, value in (args.param or [])}
+    for name in ("variants", "seeds", "run_dir"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    config = make_config("results", args.profile, train=not args.no_train, **params)
+    if args.plan:
+        plan = ablation.plan(config)
+        print(plan.to_string(index=False))
+        print(ablation.budget_text(plan))
+        return 0
+    ablation.run_ablation(config, progress=not args.no_progress)
+    per_seed, per_image = results.collect(config.run_dir, config.variants, config.seeds)
+    summary = results.summarise(per_seed, per_image, reference=config.reference, n_boot=config.n_boot)
+    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 60):
+        print(results.results_table(summary).to_string())
+        print(results.timing_table(config.run_dir, config.variants).round(1).to_string(index=False))
+    return 0
+
+
 def _bench(args) -> int:
     from cxrlib import bench
 
@@ -34,10 +82,17 @@ def _bench(args) -> int:
 
 
 def _bench_data(args) -> int:
-    from cxrlib.bench import benchmark_loader
+    from cxrlib.bench_pipeline import benchmark_loader
 
     benchmark_loader(n_images=args.n_images, image_size=tuple(args.image_size), egd_root=args.egd_root,
                      image_root=args.image_root)
+    return 0
+
+
+def _bench_reuse(args) -> int:
+    from cxrlib.bench_pipeline import benchmark_reuse
+
+    benchmark_reuse(profile=args.profile, epochs=args.epochs)
     return 0
 
 
@@ -62,6 +117,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notebooks", nargs="+", help="only these notebooks, by number (e.g. 01 02)")
     p.set_defaults(func=_run)
 
+    p = sub.add_parser("train", help="train one stage (also under torchrun --nproc_per_node N -m cxrlib train)")
+    p.add_argument("--stage", choices=("stage1a", "stage1b", "stage2", "stage3"), required=True)
+    p.add_argument("--profile", choices=("smoke", "demo", "paper"), default="demo")
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="a config field, e.g. -p epochs 3 -p run_dir runs/x (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("ablate", help="train and evaluate the ablation variants over seeds (notebook 07)")
+    p.add_argument("--profile", choices=("smoke", "demo", "paper"), default="demo")
+    p.add_argument("--variants", nargs="+", help="default: all (full joint no_contrastive no_fusion mtunet "
+                                                 "resse_unet densenet)")
+    p.add_argument("--seeds", nargs="+", type=int, help="model seeds (default: the profile's, demo 0 1 2)")
+    p.add_argument("--run-dir", help="main run folder whose data and split every variant shares "
+                                     "(default: runs/<profile>); variants go to <run-dir>/ablation/")
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="a common config field for every stage of every variant, e.g. -p epochs 2")
+    p.add_argument("--plan", action="store_true", help="only print what would be trained or linked, and the estimate")
+    p.add_argument("--no-train", action="store_true", help="only read and tabulate existing results")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_ablate)
+
     p = sub.add_parser("bench", help="model throughput and memory", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_bench)
@@ -72,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--egd-root")
     p.add_argument("--image-root")
     p.set_defaults(func=_bench_data)
+
+    p = sub.add_parser("bench-reuse", help="epoch time with and without frozen-feature reuse")
+    p.add_argument("--profile", choices=("smoke", "demo", "paper"), default="demo")
+    p.add_argument("--epochs", type=int, default=2)
+    p.set_defaults(func=_bench_reuse)
     return parser
 
 

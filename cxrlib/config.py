@@ -54,6 +54,7 @@ class StageConfig:
     early_stopping: int = 0  # epochs without improvement before stopping; 0: never
     max_steps_per_epoch: int | None = None
     amp: bool | None = None  # None: on for CUDA only
+    sync_batchnorm: bool = False  # under torchrun on CUDA: BatchNorm statistics over all GPUs
     resume: bool = False
     init_from: str | None = None  # a stage name in run_dir, or a checkpoint path
     frozen_bn: str = "eval"  # "train" reproduces the paper code's BatchNorm drift
@@ -133,8 +134,34 @@ class ExplainConfig(StageConfig):
     max_images: int | None = None
 
 
+@dataclass
+class JointConfig(StageConfig):
+    """A single joint stage (notebook 07's baselines): every part trains at once, from scratch,
+    with the uncertainty-weighted CE + KL loss. ``model``: ``dual`` (the paper's network without
+    the cooperative schedule), ``mtunet`` or ``resse_unet`` (method.md section 2, baselines)."""
+
+    stage: typing.ClassVar[str] = "joint"
+    model: str = "dual"  # dual | mtunet | resse_unet
+    learn_saliency_sigma: bool = False
+
+
+@dataclass
+class ResultsConfig(StageConfig):
+    """Notebook 07 and ``cxrlib ablate``: the ablation variants over seeds, and the report.
+
+    A common field set here (e.g. ``image_size``, ``epochs``) overrides every stage of every
+    variant; ``seed`` is ignored (``seeds`` varies it).
+    """
+
+    stage: typing.ClassVar[str] = "results"
+    variants: tuple = ("full", "joint", "no_contrastive", "no_fusion", "mtunet", "resse_unet", "densenet")
+    seeds: tuple = (0, 1, 2)
+    train: bool = True  # False: only read the results that exist
+    reference: str = "full"  # the variant every other is tested against
+
+
 STAGE_CONFIGS = {c.stage: c for c in (DataConfig, ContrastiveConfig, EncoderConfig, SaliencyConfig,
-                                      FusionConfig, ExplainConfig)}
+                                      FusionConfig, ExplainConfig, JointConfig, ResultsConfig)}
 
 _SYNTHETIC = {"sigma_frac": 0.025}  # 75.5 px of a ~3000 px MIMIC image, for any native size
 
@@ -145,6 +172,7 @@ PROFILE_DEFAULTS = {
                    "n_boot": 50, "examples_per_class": 1},
         "stage3": {"joint_epochs": 1},
         "explain": {"max_images": 6, "cam_methods": ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")},
+        "results": {"seeds": (0,)},
     },
     "demo": {
         "common": {**_SYNTHETIC, "synthetic_images": 300, "image_size": (128, 96), "base_width": 16,
@@ -154,6 +182,10 @@ PROFILE_DEFAULTS = {
         "stage2": {"epochs": 10, "batch_size": 8},
         "stage3": {"epochs": 30, "batch_size": 16},
         "explain": {"max_images": 60},
+        "joint": {"epochs": 10, "batch_size": 8},
+        # notebook 07 only reads finished variants in `cxrlib run --profile demo` (which stays
+        # within minutes); `cxrlib ablate --profile demo` trains them (about an hour on 2 cores).
+        "results": {"seeds": (0, 1, 2), "train": False},
     },
     "paper": {
         "common": {"synthetic_images": 1083, "image_size": (640, 512), "pretrained": True, "base_width": 64,
@@ -163,6 +195,8 @@ PROFILE_DEFAULTS = {
         "stage2": {"epochs": 50, "batch_size": 16},
         "stage3": {"epochs": 40, "batch_size": 6},
         "explain": {"batch_size": 6},
+        "joint": {"epochs": 50, "batch_size": 6},
+        "results": {"seeds": (0, 1, 2), "train": False},
     },
 }
 
@@ -245,6 +279,12 @@ def _finalise(config):
         choices["loss"] = ("triplet", "supcon", "ntxent")
     if isinstance(config, FusionConfig):
         choices["mode"] = ("head", "joint")
+    if isinstance(config, JointConfig):
+        choices["model"] = ("dual", "mtunet", "resse_unet")
+    if isinstance(config, ResultsConfig):
+        from cxrlib.ablation import check_results_config  # the variant registry lives there
+
+        check_results_config(config)
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
             raise ValueError(f"parameter {name!r} must be one of {allowed}, got {getattr(config, name)!r}")

@@ -283,18 +283,31 @@ def embeddings(model: nn.Module, data, config, *, progress: bool = False):
     return out["embedding"].numpy(), out["label"].numpy()
 
 
+def _build_named(name: str, *, densenet_arch: str, base_width: int) -> nn.Module:
+    """A model of the registry with the keywords its constructor takes."""
+    kwargs = {}
+    if name in ("dual", "densenet"):
+        kwargs["densenet_arch"] = densenet_arch
+    if name != "densenet":
+        kwargs["base_width"] = base_width
+    return build_model(name, **kwargs)
+
+
+def _model_name(stage: str, saved: dict | None = None) -> str:
+    if saved is not None and saved.get("stage") == "joint":
+        return saved["model"]
+    stage = saved["stage"] if saved is not None else stage
+    return "densenet" if stage in ("stage1a", "stage1b") else "dual"
+
+
 def load_stage_model(config, stage: str = "stage3", *, model_name: str | None = None) -> nn.Module:
     """A trained model from ``run_dir/<stage>/best.pt``, on the config's device, in eval mode."""
     from cxrlib.train import load_checkpoint
 
-    path = checkpoint_path(config, stage)
-    state = load_checkpoint(path)
+    state = load_checkpoint(checkpoint_path(config, stage))
     saved = state["config"]
-    name = model_name or ("densenet" if saved["stage"] in ("stage1a", "stage1b") else "dual")
-    kwargs = {"densenet_arch": saved["densenet_arch"]}
-    if name != "densenet":
-        kwargs["base_width"] = saved["base_width"]
-    model = build_model(name, **kwargs)
+    model = _build_named(model_name or _model_name(stage, saved), densenet_arch=saved["densenet_arch"],
+                         base_width=saved["base_width"])
     model.load_state_dict(state["model"])
     return model.to(_device(config)).eval()
 
@@ -310,11 +323,9 @@ def trained_model(config, stage: str, *, model_name: str | None = None, required
     if not required:
         return None
     warn_missing_init(config.stage, path, config.profile)
-    name = model_name or ("densenet" if stage in ("stage1a", "stage1b") else "dual")
-    kwargs = {"densenet_arch": config.densenet_arch} if name in ("dual", "densenet") else {}
-    if name != "densenet":
-        kwargs["base_width"] = config.base_width
-    return build_model(name, **kwargs).to(_device(config)).eval()
+    model = _build_named(model_name or _model_name(stage), densenet_arch=config.densenet_arch,
+                         base_width=config.base_width)
+    return model.to(_device(config)).eval()
 
 
 @torch.no_grad()

@@ -1,0 +1,444 @@
+"""The ablation study (notebook 07, ``cxrlib ablate``): does each component of the method help?
+
+Every variant is a chain of ordinary stage configs (:func:`cxrlib.config.make_config`) trained by
+the ordinary stage code, plus a rule for how it is evaluated; nothing is copied. The claims of the
+paper (arXiv:2403.16970, sections on the ablation and the baselines) and the variant that tests
+each are in :data:`VARIANTS`.
+
+Run folders::
+
+    <run_root>/splits.csv, synthetic/, cache/       the main run's data: every variant and seed sees
+                                                     the same split (``data_seed`` stays fixed)
+    <run_root>/ablation/<variant>/seed<k>/<stage>/   a stage of that variant at model seed k, or a
+                                                     link to an equal stage trained elsewhere
+    <run_root>/ablation/<variant>/seed<k>/metrics.json, per_image.csv   its test-split results
+
+Two stages are *equal* when their configs agree on every field that changes the weights and their
+upstream stages are equal (:func:`signature`). An equal, complete stage is linked instead of
+trained again: "no fusion" is the full method's stage 1b + 2, "DenseNet201 alone" is the
+no-contrastive variant's stage 1b, and the main run's stages 1a-3 (notebooks 02-05) are the full
+method at the main run's seed when the settings agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxrlib import CLASS_NAMES, evaluate, explain, losses, stages
+from cxrlib.config import StageConfig, make_config
+from cxrlib.data import collate
+from cxrlib.model import build_model
+from cxrlib.runtime import default_device, seed_everything
+from cxrlib.train import BEST, Trainer, load_checkpoint
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    claim: str  # what comparing it with the full method tests
+    chain: tuple  # ((stage, config overrides), ...), trained in order
+    classifier: str  # the stage whose model gives the diagnosis
+    saliency: str  # the stage whose model gives the map; "gradcam": Grad-CAM of `classifier`
+
+
+_COOPERATIVE = (("stage1a", {}), ("stage1b", {}), ("stage2", {}), ("stage3", {}))
+VARIANTS = {
+    "full": Variant("full method", "reference: stages 1a -> 1b -> 2 -> 3", _COOPERATIVE, "stage3", "stage3"),
+    "joint": Variant("joint, one stage", "the multi-stage cooperative schedule helps",
+                     (("joint", {"model": "dual"}),), "joint", "joint"),
+    "no_contrastive": Variant("no contrastive 1a", "contrastive pretraining helps",
+                              (("stage1b", {"init_from": "none"}), ("stage2", {}), ("stage3", {})), "stage3", "stage3"),
+    "no_fusion": Variant("no fusion (1b head)", "the multi-scale fusion classifier helps",
+                         _COOPERATIVE[:3], "stage1b", "stage2"),
+    "mtunet": Variant("MT-UNet", "the method beats MT-UNet (Zhu et al. 2022)",
+                      (("joint", {"model": "mtunet"}),), "joint", "joint"),
+    "resse_unet": Variant("Res-SE UNet", "DenseNet201 + the schedule help (against MT-UNet: the Res-SE blocks)",
+                          (("joint", {"model": "resse_unet"}),), "joint", "joint"),
+    "densenet": Variant("DenseNet201 + Grad-CAM", "multi-task beats a single-task classifier and its Grad-CAM",
+                        (("stage1b", {"init_from": "none"}),), "stage1b", "gradcam"),
+}
+# Fields that do not change a stage's weights: equal stages may differ in them.
+_NOT_WEIGHTS = {"run_dir", "resume", "device", "num_workers", "eval_batch_size", "n_boot",
+                "reuse_frozen_features", "sync_batchnorm"}
+# Common fields a results config does not pass on to the variants' stages.
+_NOT_PASSED = {"profile", "run_dir", "seed", "init_from", "resume"}
+
+
+def describe_variants(names=None) -> "pd.DataFrame":
+    """The registry as a table: what each variant trains and what it tests."""
+    import pandas as pd
+
+    def chain(v):
+        return " -> ".join(stage + "".join(f" ({k}={val})" for k, val in o.items()) for stage, o in v.chain)
+
+    return pd.DataFrame([{"variant": n, "label": v.label, "stages": chain(v), "diagnosis from": v.classifier,
+                          "map from": "Grad-CAM of " + v.classifier if v.saliency == "gradcam" else v.saliency,
+                          "tests": v.claim} for n, v in VARIANTS.items() if names is None or n in names])
+
+
+def check_results_config(config) -> None:
+    """Fail at the config cell on an unknown variant or a bad seed list."""
+    for name in (*config.variants, config.reference):
+        if name not in VARIANTS:
+            raise ValueError(f"unknown variant {name!r}; valid variants: {', '.join(VARIANTS)}")
+    if not config.variants or len(set(config.variants)) != len(config.variants):
+        raise ValueError(f"parameter 'variants' must list distinct variants, got {config.variants!r}")
+    if not config.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in config.seeds) \
+            or len(set(config.seeds)) != len(config.seeds):
+        raise ValueError(f"parameter 'seeds' must be distinct integers, got {config.seeds!r}")
+
+
+def stage_params(config) -> dict:
+    """The common fields of a results config that differ from its profile's defaults: they
+    override every stage of every variant (e.g. ``image_size``, ``epochs``, ``synthetic_images``)."""
+    base = make_config("results", config.profile, run_dir=config.run_dir)
+    names = [f.name for f in dataclasses.fields(StageConfig) if f.name not in _NOT_PASSED]
+    return {n: getattr(config, n) for n in names if getattr(config, n) != getattr(base, n)}
+
+
+def variant_dir(run_root, name: str, seed: int) -> Path:
+    return Path(run_root) / "ablation" / name / f"seed{seed}"
+
+
+def variant_configs(name: str, profile: str = "smoke", *, seed: int = 0, run_root=None, **params) -> list:
+    """The stage configs of a variant, in training order, with run_dir = its folder."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; valid variants: {', '.join(VARIANTS)}")
+    run_root = run_root or make_config("results", profile, **params).run_dir
+    folder = str(variant_dir(run_root, name, seed))
+    return [make_config(stage, profile, **{**params, **overrides, "run_dir": folder, "seed": seed})
+            for stage, overrides in VARIANTS[name].chain]
+
+
+# -- equal stages ----------------------------------------------------------------------------
+def _upstream(config_dict: dict) -> Path | None:
+    source = config_dict.get("init_from")
+    if source is None or str(source).lower() == "none":
+        return None
+    path = Path(source) if str(source).endswith(".pt") else Path(config_dict["run_dir"]) / source / BEST
+    return path.parent
+
+
+def signature(config, *, upstream: dict | None = None, drop=()) -> dict:
+    """What determines a stage's weights: its config minus ``_NOT_WEIGHTS`` (and ``drop``), with
+    ``init_from`` replaced by the upstream stage's signature (``upstream``, else read from the
+    upstream folder's ``config.json``)."""
+    d = json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else config, default=str))
+    up = _upstream(d)
+    out = {k: v for k, v in d.items() if k not in _NOT_WEIGHTS and k not in drop}
+    if "init_from" in drop:
+        pass
+    elif up is None:
+        out["init_from"] = None
+    elif upstream is not None:
+        out["init_from"] = upstream
+    elif (up / "config.json").is_file():
+        out["init_from"] = signature(json.loads((up / "config.json").read_text()), drop=drop)
+    else:
+        out["init_from"] = f"missing {up}"
+    return out
+
+
+def chain_signatures(configs, *, drop=()) -> list[dict]:
+    """Signatures of a variant's stages before any is trained: a stage whose ``init_from`` names
+    the previous stage of the chain takes that stage's signature."""
+    sigs = []
+    for i, config in enumerate(configs):
+        previous = sigs[-1] if i and config.init_from == configs[i - 1].stage else None
+        sigs.append(signature(config, upstream=previous, drop=drop))
+    return sigs
+
+
+def _folder_fingerprint(folder: Path, *, drop=()) -> str:
+    return fingerprint(signature(json.loads((Path(folder) / "config.json").read_text()), drop=drop))
+
+
+def fingerprint(sig: dict) -> str:
+    return hashlib.sha1(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _history(folder: Path) -> list:
+    path = folder / "history.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def stage_complete(folder: Path) -> bool:
+    """``best.pt`` exists and the history ran to ``epochs`` (or stopped early, as Trainer does)."""
+    folder = Path(folder)
+    if not ((folder / BEST).is_file() and (folder / "config.json").is_file()):
+        return False
+    cfg = json.loads((folder / "config.json").read_text())
+
+    def finished(rows, epochs):
+        patience = cfg.get("early_stopping") or 0
+        stopped = patience and len(rows) >= patience and not any(r.get("improved") for r in rows[-patience:])
+        return len(rows) >= epochs or bool(stopped)
+
+    done = finished(_history(folder), cfg["epochs"])
+    if cfg.get("stage") == "stage3" and cfg.get("mode") == "joint" and cfg.get("joint_epochs", 0) > 0:
+        done = done and finished(_history(folder / "joint"), cfg["joint_epochs"])
+    return done
+
+
+def _candidates(run_root: Path, stage: str) -> list[Path]:
+    return [p for p in [run_root / stage, *sorted((run_root / "ablation").glob(f"*/seed*/{stage}"))] if p.is_dir()]
+
+
+def _done(folder: Path, fp: str) -> bool:
+    return stage_complete(folder) and _folder_fingerprint(folder) == fp
+
+
+def find_equal(stage: str, fp: str, run_root, *, exclude=None) -> Path | None:
+    """A complete ``stage`` folder under ``run_root`` with fingerprint ``fp`` (not ``exclude``)."""
+    for folder in _candidates(Path(run_root), stage):
+        if folder != exclude and _done(folder, fp):
+            return Path(os.path.realpath(folder))
+    return None
+
+
+def observed_seconds(config, run_root) -> float | None:
+    """Training seconds (history) of a complete stage under ``run_root`` with the same settings
+    up to the seed and the upstream weights (which do not change the cost)."""
+    drop = ("seed", "init_from")
+    want = fingerprint(signature(config, drop=drop))
+    for folder in _candidates(Path(run_root), config.stage):
+        if stage_complete(folder) and _folder_fingerprint(folder, drop=drop) == want:
+            return float(sum(r.get("seconds", 0.0) for r in _history(folder) + _history(folder / "joint")))
+    return None
+
+
+# -- training ------------------------------------------------------------------------------
+def build_stage(config):
+    """The untrained model of any stage config, joint stages included (no ImageNet download when
+    ``init_from`` or a checkpoint provides the weights)."""
+    if config.stage != "joint":
+        return stages.build_stage_model(config)
+    if config.model == "dual":
+        return build_model("dual", pretrained=config.pretrained, densenet_arch=config.densenet_arch,
+                           base_width=config.base_width)
+    return build_model(config.model, base_width=config.base_width)
+
+
+def train_joint(config, data, *, progress: bool = True) -> stages.StageResult:
+    """One joint stage: every part trains, from scratch, on the uncertainty-weighted CE + KL
+    (method.md section 3; MT-UNet's recipe) through the one :class:`~cxrlib.train.Trainer`."""
+    seed_everything(config.seed)
+    model = build_stage(config)
+    init = stages.initialise(model, config)
+    weighting = losses.UncertaintyWeightedLoss(learn_saliency_sigma=config.learn_saliency_sigma)
+    trainer = Trainer(model, config, train_parts=tuple(model.parts()), loss_fn=stages.joint_step,
+                      collate_fn=collate, extra_modules={"uncertainty": weighting}, progress=progress)
+    return stages.StageResult(model, trainer.fit(data.train, data.val), init, trainer)
+
+
+def load_stage(config):
+    """The trained model of a stage config from ``<run_dir>/<stage>/best.pt``, in eval mode."""
+    model = build_stage(dataclasses.replace(config, pretrained=False))
+    model.load_state_dict(load_checkpoint(config.stage_dir / BEST)["model"])
+    return model.to(torch.device(config.device) if config.device else default_device()).eval()
+
+
+def _remove(folder: Path) -> None:
+    if folder.is_symlink():
+        folder.unlink()
+    elif folder.exists():
+        shutil.rmtree(folder)
+
+
+def data_label(config) -> str:
+    return "synthetic EGD-format data" if config.egd_root is None else "EGD-CXR (this run's split)"
+
+
+class DataCache(dict):
+    """Data bundles of the main run folder by loader settings, shared by every variant and seed."""
+
+    def get_for(self, config, run_root, *, progress: bool = True) -> stages.DataBundle:
+        key = json.dumps({**stages.dataset_kwargs(config), "cache_dir": None, "egd_root": config.egd_root,
+                          "image_root": config.image_root, "n": config.synthetic_images,
+                          "data_seed": config.data_seed}, sort_keys=True, default=str)
+        if key not in self:
+            self[key] = stages.prepare_data(dataclasses.replace(config, run_dir=str(run_root)), progress=progress)
+        return self[key]
+
+
+def _cached(data, config, run_root, progress):
+    if isinstance(data, stages.DataBundle):
+        return data
+    return data.get_for(config, run_root, progress=progress)
+
+
+def ensure_stage(config, sig: dict, run_root, data, *, progress=True, log=print) -> dict:
+    """Train ``config`` (signature ``sig``) unless its folder holds it or an equal stage can be linked."""
+    folder, started, cpu = config.stage_dir, time.perf_counter(), time.process_time()
+    fp = fingerprint(sig)
+    row = {"stage": config.stage, "fingerprint": fp, "dir": str(folder)}
+    if _done(folder, fp):
+        return {**row, "action": "done", "seconds": 0.0, "cpu_seconds": 0.0}
+    equal = find_equal(config.stage, fp, run_root, exclude=folder)
+    if equal is not None:
+        _remove(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(equal, folder.parent), folder, target_is_directory=True)
+        log(f"  {config.stage}: equal to {equal}, linked")
+        return {**row, "action": "linked", "reused_from": str(equal), "seconds": 0.0, "cpu_seconds": 0.0}
+    same = (folder / "config.json").is_file() and not folder.is_symlink() and _folder_fingerprint(folder) == fp
+    if not same:
+        _remove(folder)  # a stale stage of other settings
+    config = dataclasses.replace(config, resume=same)  # an interrupted stage continues
+    bundle = _cached(data, config, run_root, progress)
+    log(f"  {config.stage}: training ({config.epochs} epochs{', resumed' if same else ''})")
+    if config.stage == "joint":
+        train_joint(config, bundle, progress=progress)
+    else:
+        stages.run_stage(config, bundle, progress=progress)
+    return {**row, "action": "trained", "seconds": time.perf_counter() - started,
+            "cpu_seconds": time.process_time() - cpu}
+
+
+# -- evaluation ----------------------------------------------------------------------------
+def gradcam_saliency(model, dataset, config) -> np.ndarray:
+    """Grad-CAM (predicted class, last dense block) of every image, as (N, H, W) distributions."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=config.eval_batch_size, shuffle=False, collate_fn=collate)
+    return np.concatenate([explain.cam_maps(model, batch["image"], method="gradcam") for batch in loader])
+
+
+def per_image_table(pred: dict):
+    """One row per test image: id, label, class probabilities and the five saliency scores."""
+    table = evaluate.saliency_table(pred["saliency"], pred["target"], pred["fixations"])
+    table.insert(0, "dicom_id", list(pred["dicom_id"]))
+    table.insert(1, "label", np.asarray(pred["labels"]))
+    for c, name in enumerate(CLASS_NAMES):
+        table[f"prob_{name}"] = pred["probs"][:, c]
+    return table
+
+
+def evaluate_variant(name: str, configs: list, run_root, data, *, progress=True) -> tuple[dict, object]:
+    """Test-split predictions of a trained variant: metrics (as ``metrics.json``) and per image."""
+    variant = VARIANTS[name]
+    by_stage = {c.stage: c for c in configs}
+    clf_cfg = by_stage[variant.classifier]
+    test = _cached(data, clf_cfg, run_root, progress).test
+    classifier = load_stage(clf_cfg)
+    pred = stages.predict(classifier, test, clf_cfg, progress=progress)
+    if variant.saliency == "gradcam":
+        pred["saliency"] = gradcam_saliency(classifier, test, clf_cfg)
+    elif variant.saliency != variant.classifier:
+        sal_cfg = by_stage[variant.saliency]
+        maps = stages.predict(load_stage(sal_cfg), _cached(data, sal_cfg, run_root, progress).test, sal_cfg,
+                              progress=progress)
+        assert list(maps["dicom_id"]) == list(pred["dicom_id"]), "both models must see the same test images"
+        pred["saliency"] = maps["saliency"]
+    report = evaluate.evaluate_predictions(pred, n_boot=clf_cfg.n_boot, seed=clf_cfg.seed)
+    return report, per_image_table(pred)
+
+
+def run_variant(name: str, profile: str = "smoke", *, seed: int = 0, run_root=None, data=None,
+                progress: bool = True, force: bool = False, log=print, **params) -> dict:
+    """Train (or link) a variant's stages at model seed ``seed``, evaluate it on the test split
+    and write ``metrics.json`` and ``per_image.csv`` in its folder; return the metrics.
+
+    ``params``: common config fields for every stage (e.g. ``epochs=1``). ``data``: a
+    :class:`DataCache` shared between calls, or one ``DataBundle`` for every stage. A variant
+    whose ``metrics.json`` matches its current stages is not evaluated again (unless ``force``).
+    """
+    run_root = Path(run_root or make_config("results", profile, **params).run_dir)
+    data = DataCache() if data is None else data
+    configs = variant_configs(name, profile, seed=seed, run_root=run_root, **params)
+    folder = variant_dir(run_root, name, seed)
+    started, cpu = time.perf_counter(), time.process_time()
+    log(f"[seed {seed}] {name}")
+    rows = [ensure_stage(c, sig, run_root, data, progress=progress, log=log)
+            for c, sig in zip(configs, chain_signatures(configs))]
+    fp = fingerprint({"variant": name, "eval": [VARIANTS[name].classifier, VARIANTS[name].saliency],
+                      "stages": [r["fingerprint"] for r in rows]})
+    path = folder / "metrics.json"
+    if not force and path.is_file() and (folder / "per_image.csv").is_file():
+        old = json.loads(path.read_text())
+        if old.get("fingerprint") == fp:
+            return old
+    eval_started = time.perf_counter()
+    report, table = evaluate_variant(name, configs, run_root, data, progress=progress)
+    table.to_csv(folder / "per_image.csv", index=False)
+    last = configs[-1]
+    evaluate.write_metrics(path, report, variant=name, label=VARIANTS[name].label, seed=seed,
+                           profile=last.profile, data=data_label(last), data_run_dir=str(run_root),
+                           image_size=list(last.image_size), fingerprint=fp, stages=rows,
+                           seconds={"train": sum(r["seconds"] for r in rows),
+                                    "evaluate": time.perf_counter() - eval_started,
+                                    "total": time.perf_counter() - started,
+                                    "cpu_total": time.process_time() - cpu})
+    return json.loads(path.read_text())
+
+
+# -- the whole study -------------------------------------------------------------------------
+def plan(config) -> "pd.DataFrame":
+    """What running ``config`` will do, stage by stage, with an estimate of the training seconds
+    (from an equal stage at another seed already trained under the run folder; NaN if none)."""
+    import pandas as pd
+
+    params, run_root, rows, planned = stage_params(config), Path(config.run_dir), [], set()
+    for seed in config.seeds:
+        for name in config.variants:
+            configs = variant_configs(name, config.profile, seed=seed, run_root=run_root, **params)
+            for cfg, sig in zip(configs, chain_signatures(configs)):
+                fp = fingerprint(sig)
+                if _done(cfg.stage_dir, fp):
+                    action, est = "done", 0.0
+                elif fp in planned:
+                    action, est = "link (trained earlier in this run)", 0.0
+                elif (equal := find_equal(cfg.stage, fp, run_root, exclude=cfg.stage_dir)) is not None:
+                    action, est = f"link {os.path.relpath(equal, run_root)}", 0.0
+                else:
+                    action, est = "train", observed_seconds(cfg, run_root)
+                    planned.add(fp)
+                rows.append({"seed": seed, "variant": name, "stage": cfg.stage, "epochs": cfg.epochs,
+                             "action": action, "est_seconds": np.nan if est is None else est})
+    return pd.DataFrame(rows)
+
+
+def budget_text(table) -> str:
+    """One line: stages to train, the seconds estimated for those with a timing, the rest."""
+    train = table[table["action"] == "train"]
+    known = train["est_seconds"].notna()
+    text = (f"{len(train)} stage trainings, {len(table) - len(train)} done or linked; "
+            f"estimated {train['est_seconds'].sum() / 60:.1f} CPU-min for the {int(known.sum())} "
+            f"with an earlier timing")
+    if (~known).any():
+        text += f"; {int((~known).sum())} not yet timed ({', '.join(sorted(set(train.loc[~known, 'stage'])))})"
+    return text
+
+
+def run_ablation(config, *, progress: bool = True, log=print) -> "pd.DataFrame":
+    """Every variant at every seed in one process (data, cache and equal stages shared).
+
+    Seed-major, so a complete first seed of every variant exists early. Returns one row per
+    variant and seed with the seconds it took. With ``config.train`` False nothing runs.
+    """
+    import pandas as pd
+
+    if not config.train:
+        log("train=False: reading existing results only")
+        return pd.DataFrame()
+    table = plan(config)
+    log(f"ablation ({config.profile}): {len(config.variants)} variants x {len(config.seeds)} seeds in "
+        f"{Path(config.run_dir) / 'ablation'}\n{budget_text(table)}")
+    data, params, rows, started = DataCache(), stage_params(config), [], time.perf_counter()
+    for seed in config.seeds:
+        for name in config.variants:
+            metrics = run_variant(name, config.profile, seed=seed, run_root=config.run_dir, data=data,
+                                  progress=progress, log=log, **params)
+            rows.append({"variant": name, "seed": seed, **metrics.get("seconds", {})})
+        log(f"seed {seed} finished: {(time.perf_counter() - started) / 60:.1f} min so far")
+    return pd.DataFrame(rows)
