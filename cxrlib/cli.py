@@ -75,12 +75,6 @@ def _ablate(args) -> int:
     return 0
 
 
-def _bench(args) -> int:
-    from cxrlib import bench
-
-    return bench.main(args.rest) or 0
-
-
 def _bench_data(args) -> int:
     from cxrlib.bench_pipeline import benchmark_loader
 
@@ -139,9 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_ablate)
 
-    p = sub.add_parser("bench", help="model throughput and memory", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_bench)
+    sub.add_parser("bench", help="model throughput and memory (cxrlib bench --help for its options)")
 
     p = sub.add_parser("bench-data", help="loader samples/s, cold (decode) and warm (cache)")
     p.add_argument("--n-images", type=int, default=60)
@@ -158,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own parser (cxrlib.bench.main): hand over every option
+        from cxrlib import bench
+
+        return bench.main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -170,6 +170,8 @@ def save_figure(fig, name: str, config) -> "Path | None":
 
     from cxrlib.config import repository_root
 
+    if fig is None:
+        return None
     if config.egd_root is not None or config.profile != "demo":
         print(f"not saving figures/{name}: only demo runs on the synthetic data write to figures/")
         return None

@@ -207,6 +207,9 @@ def results_figure(summary: pd.DataFrame, per_seed: pd.DataFrame, *, reference: 
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    if summary.empty:  # nothing trained yet: say so instead of drawing empty axes
+        print("no finished variants to plot")
+        return None
     keys = [k for k in METRICS if k in set(summary["metric"])]
     labels = list(dict.fromkeys(summary["label"]))
     cols = 4
