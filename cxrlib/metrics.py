@@ -335,15 +335,17 @@ def paired_ttest(a, b) -> dict[str, float]:
     }
 
 
-def knn_accuracy(train_x, train_y, test_x, test_y, *, k: int = 5) -> float:
-    """Accuracy of a k-nearest-neighbour probe (cosine distance) on frozen embeddings.
+def knn_accuracy(train_x, train_y, test_x, test_y, *, k: int = 5, metric: str = "cosine") -> float:
+    """Accuracy of a k-nearest-neighbour probe on frozen embeddings.
 
     The usual read-out of a contrastive representation (e.g. Wu et al. 2018; Chen et al. 2020):
-    it measures how well classes cluster without training anything on top.
+    it measures how well classes cluster without training anything on top. Use the geometry
+    the loss shaped: ``"euclidean"`` for the triplet loss (L2 distances), ``"cosine"`` for
+    SupCon and NT-Xent (normalised embeddings).
     """
     from sklearn.neighbors import KNeighborsClassifier
 
     train_x, test_x = _np(train_x), _np(test_x)
     k = max(1, min(k, len(train_x)))
-    probe = KNeighborsClassifier(n_neighbors=k, metric="cosine").fit(train_x, np.asarray(train_y))
+    probe = KNeighborsClassifier(n_neighbors=k, metric=metric).fit(train_x, np.asarray(train_y))
     return float((probe.predict(test_x) == np.asarray(test_y)).mean())

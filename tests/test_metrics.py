@@ -224,3 +224,13 @@ def test_paired_ttest_matches_scipy():
     assert out["mean_diff"] == pytest.approx((a - b).mean()) and out["n"] == 20
     with pytest.raises(ValueError):
         M.paired_ttest(a, b[:-1])
+
+
+def test_knn_probe_uses_the_requested_geometry():
+    from cxrlib.metrics import knn_accuracy
+
+    # two classes along the same direction: only the L2 distance tells them apart
+    train = np.array([[1.0, 1.0], [1.1, 1.1], [10.0, 10.0], [11.0, 11.0]])
+    test = np.array([[1.05, 1.05], [10.5, 10.5]])
+    assert knn_accuracy(train, [0, 0, 1, 1], test, [0, 1], k=1, metric="euclidean") == 1.0
+    assert knn_accuracy(train, [0, 0, 1, 1], test, [0, 1], k=1, metric="cosine") < 1.0
