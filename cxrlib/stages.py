@@ -105,12 +105,13 @@ def initialise(model: nn.Module, config) -> str:
 
 
 def build_stage_model(config) -> nn.Module:
-    if config.stage in ("stage1a", "stage1b"):
-        return DenseNetClassifier(pretrained=config.pretrained, densenet_arch=config.densenet_arch)
-    # Later stages get their DenseNet from stage 1b; ImageNet only when starting from scratch.
+    # ImageNet weights only for a stage that starts from scratch: the others get their DenseNet
+    # from the upstream checkpoint (init_from), so loading ImageNet first would be wasted work.
     fresh = config.init_from is None or str(config.init_from).lower() == "none"
-    return DualEncoderMTUNet(pretrained=config.pretrained if fresh else False,
-                             densenet_arch=config.densenet_arch, base_width=config.base_width)
+    pretrained = config.pretrained if fresh else False
+    if config.stage in ("stage1a", "stage1b"):
+        return DenseNetClassifier(pretrained=pretrained, densenet_arch=config.densenet_arch)
+    return DualEncoderMTUNet(pretrained=pretrained, densenet_arch=config.densenet_arch, base_width=config.base_width)
 
 
 @dataclass
