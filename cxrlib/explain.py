@@ -28,6 +28,7 @@ from pytorch_grad_cam.utils.model_targets import (ClassifierOutputSoftmaxTarget,
 from torch import nn
 
 from cxrlib import metrics as M
+from cxrlib.evaluate import saliency_table
 
 __all__ = ["CAM_METHODS", "SALIENCY_METRICS", "LogitsOnly", "cam_maps", "predicted_saliency",
            "standard_methods", "scoreboard", "summarise_scoreboard", "scoreboard_figure",
@@ -199,14 +200,14 @@ def scoreboard(data, methods: dict[str, Callable], *, batch_size: int = 8,
                 if maps[name].shape != (len(samples), *shape):
                     raise ValueError(f"method {name!r} returned {maps[name].shape}, "
                                      f"expected {(len(samples), *shape)}")
-            for k, s in enumerate(samples):
-                gt = _numpy(s["saliency"]).reshape(shape)
-                fix = M.fixation_map_from_points(s["fixations"], shape)
-                for name, m in maps.items():
-                    scores = M.saliency_scores(m[k], gt, fix if fix.any() else None)
-                    rows.append({"image": start + k, "dicom_id": s["dicom_id"],
-                                 "label": int(s["label"]), "method": name,
-                                 **{key: scores.get(key, np.nan) for key in SALIENCY_METRICS},
+            gts = np.stack([_numpy(s["saliency"]).reshape(shape) for s in samples])
+            for name, m in maps.items():
+                # the same per-image scoring as the test-split evaluation (cxrlib.evaluate)
+                table = saliency_table(m, gts, [s["fixations"] for s in samples])
+                for k, s in enumerate(samples):
+                    rows.append({"image": start + k, "dicom_id": s["dicom_id"], "label": int(s["label"]),
+                                 "method": name, **{key: table[key].iloc[k] if key in table else np.nan
+                                                    for key in SALIENCY_METRICS},
                                  "uniform": bool(np.ptp(m[k]) == 0)})
             bar.update(len(samples))
     return pd.DataFrame(rows)
