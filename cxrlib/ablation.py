@@ -32,14 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cxrlib import CLASS_NAMES, evaluate, explain, losses, stages
 from cxrlib.config import StageConfig, make_config
 from cxrlib.data import collate
 from cxrlib.model import build_model
-from cxrlib.runtime import default_device, seed_everything
-from cxrlib.train import BEST, Trainer, load_checkpoint
+from cxrlib.runtime import seed_everything
+from cxrlib.train import BEST, Trainer
 
 
 @dataclass(frozen=True)
@@ -243,9 +242,7 @@ def train_joint(config, data, *, progress: bool = True) -> stages.StageResult:
 
 def load_stage(config):
     """The trained model of a stage config from ``<run_dir>/<stage>/best.pt``, in eval mode."""
-    model = build_stage(dataclasses.replace(config, pretrained=False))
-    model.load_state_dict(load_checkpoint(config.stage_dir / BEST)["model"])
-    return model.to(torch.device(config.device) if config.device else default_device()).eval()
+    return stages.load_stage_model(config, config.stage)  # joint stages: the model named in the checkpoint
 
 
 def _remove(folder: Path) -> None:

@@ -19,7 +19,7 @@ import json
 import os
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 PROFILES = ("smoke", "demo", "paper")

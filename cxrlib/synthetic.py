@@ -39,7 +39,6 @@ same points on a 1920x1080 screen where the image is fitted keeping its aspect r
 
 from __future__ import annotations
 
-import math
 import pathlib
 
 import numpy as np
