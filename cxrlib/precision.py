@@ -1,0 +1,122 @@
+"""Precision and speed settings per device: one place decides them for the trainer and the benchmarks.
+
+* **Autocast dtype.** bf16 only where the GPU computes it natively (compute capability 8.0 and
+  newer: A100, L4, H100, ...). Older cards (the T4 of Colab is 7.5) emulate bf16 slowly, and
+  ``torch.cuda.is_bf16_supported()`` still says True there (its default counts emulation), so it
+  is not asked. They get fp16 with a gradient scaler. CPU and MPS run in float32.
+* **channels_last** (NHWC) memory format for networks and inputs on CUDA: cuDNN's convolutions
+  and BatchNorm are faster in it with tensor cores. On the CPU it was slower for these networks
+  (see the README's benchmarks), so ``None`` means CUDA only.
+* **torch.compile** is opt-in and falls back to eager with a warning where it cannot compile.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+AMP_DTYPES = ("auto", "bf16", "fp16")
+
+
+def bf16_native(device: torch.device | str | None = None) -> bool:
+    """True when ``device`` is a CUDA GPU with native bf16 tensor cores (compute capability >= 8.0)."""
+    device = torch.device(device) if device is not None else torch.device("cuda")
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
+@dataclass(frozen=True)
+class Autocast:
+    """What a training step runs in: ``enabled`` autocast to ``dtype``, with a gradient scaler or not."""
+
+    enabled: bool
+    dtype: torch.dtype
+    scaler: bool
+
+    @property
+    def name(self) -> str:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32") if self.enabled else "fp32"
+
+
+def autocast_settings(device: torch.device, amp: bool | None = None, amp_dtype: str = "auto") -> Autocast:
+    """The autocast set-up of a device.
+
+    ``amp``: None means on for CUDA only; False turns it off; True asks for it (still CUDA only:
+    CPU autocast would change the CPU results the tests pin). ``amp_dtype``: ``auto`` picks bf16
+    on native hardware, else fp16; ``bf16`` or ``fp16`` force one. fp16 always comes with a
+    gradient scaler, since its small range underflows gradients without one.
+    """
+    if amp_dtype not in AMP_DTYPES:
+        raise ValueError(f"parameter 'amp_dtype' must be one of {AMP_DTYPES}, got {amp_dtype!r}")
+    enabled = device.type == "cuda" and (amp is None or bool(amp))
+    if not enabled:
+        return Autocast(False, torch.float32, False)
+    if amp_dtype == "bf16" or (amp_dtype == "auto" and bf16_native(device)):
+        return Autocast(True, torch.bfloat16, False)
+    return Autocast(True, torch.float16, True)
+
+
+def use_channels_last(device: torch.device, channels_last: bool | None = None) -> bool:
+    """channels_last on CUDA by default (None); an explicit True/False wins everywhere."""
+    return device.type == "cuda" if channels_last is None else bool(channels_last)
+
+
+def to_memory_format(x, enabled: bool):
+    """A 4-D tensor in channels_last when ``enabled``; anything else unchanged."""
+    if enabled and torch.is_tensor(x) and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def configure_backends(device: torch.device) -> None:
+    """cuDNN autotuning (fixed input sizes in every stage) and TF32 matmuls on CUDA."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def adam(params, *, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam with the fused CUDA kernel where it applies (one launch for all parameters)."""
+    return torch.optim.Adam(params, lr=lr, fused=device.type == "cuda" or None)
+
+
+def maybe_compile(module: nn.Module, enabled: bool, *, what: str = "model") -> nn.Module:
+    """``torch.compile(module)`` when ``enabled``; on failure, a warning and the eager module.
+
+    Compilation happens lazily at the first call, so errors there are caught by
+    :class:`_CompileFallback`, which switches to eager for good.
+    """
+    if not enabled:
+        return module
+    try:
+        compiled = torch.compile(module)
+    except Exception as error:  # pragma: no cover - depends on the platform's compiler
+        warnings.warn(f"torch.compile of the {what} is not available here ({error}); running eager", stacklevel=2)
+        return module
+    return _CompileFallback(module, compiled, what)
+
+
+class _CompileFallback(nn.Module):
+    """Calls the compiled module; if compiling fails at the first call, warns once and runs eager."""
+
+    def __init__(self, eager: nn.Module, compiled, what: str):
+        super().__init__()
+        self.eager = eager
+        self._compiled = [compiled]  # a list: not registered as a second copy of the submodule
+        self.what = what
+
+    def forward(self, *args, **kwargs):
+        if self._compiled:
+            try:
+                return self._compiled[0](*args, **kwargs)
+            except Exception as error:
+                warnings.warn(f"torch.compile of the {self.what} failed ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}); running eager", stacklevel=2)
+                self._compiled.clear()
+        return self.eager(*args, **kwargs)
