@@ -22,7 +22,17 @@ import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from cxrlib.paths import repository_root
+from cxrlib.variants import VARIANTS, check_results_config
+
 PROFILES = ("smoke", "demo", "paper")
+DEFAULT_CAMS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")  # Score-CAM: on request (slow)
+
+
+# Fields of the training loop. A notebook that trains nothing rejects them (``inapplicable``):
+# ``lr`` on the data notebook is a mistake to report, not a setting to ignore.
+_TRAINING_FIELDS = frozenset({"epochs", "batch_size", "lr", "plateau_patience", "early_stopping", "max_steps_per_epoch",
+                              "amp", "sync_batchnorm", "resume", "init_from", "frozen_bn", "reuse_frozen_features"})
 
 
 @dataclass
@@ -63,6 +73,7 @@ class StageConfig:
     n_boot: int = 1000
 
     stage: typing.ClassVar[str] = "common"
+    inapplicable: typing.ClassVar[frozenset] = frozenset()  # fields this stage does not read
 
     @property
     def stage_dir(self) -> Path:
@@ -83,6 +94,8 @@ class DataConfig(StageConfig):
     """Notebook 01: data exploration."""
 
     stage: typing.ClassVar[str] = "data"
+    inapplicable: typing.ClassVar[frozenset] = _TRAINING_FIELDS | {
+        "pretrained", "densenet_arch", "base_width", "device", "num_workers", "eval_batch_size", "n_boot"}
     examples_per_class: int = 2
 
 
@@ -114,12 +127,13 @@ class SaliencyConfig(StageConfig):
 
 @dataclass
 class FusionConfig(StageConfig):
-    """Stage 3 (notebook 05): the fusion classifier, then (optionally) joint fine-tuning."""
+    """Stage 3 (notebook 05): the fusion classifier, then (``mode="finetune"``) every part for
+    ``finetune_epochs`` with the joint stage's uncertainty-weighted CE + KL."""
 
     stage: typing.ClassVar[str] = "stage3"
     init_from: str | None = "stage2"
-    mode: str = "head"  # head | joint
-    joint_epochs: int = 0
+    mode: str = "head"  # head | finetune
+    finetune_epochs: int = 0
     learn_saliency_sigma: bool = False
 
 
@@ -128,8 +142,9 @@ class ExplainConfig(StageConfig):
     """Notebook 06: saliency against Grad-CAM."""
 
     stage: typing.ClassVar[str] = "explain"
+    inapplicable: typing.ClassVar[frozenset] = _TRAINING_FIELDS | {"pretrained"}
     init_from: str | None = "stage3"
-    cam_methods: tuple = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")
+    cam_methods: tuple = DEFAULT_CAMS
     examples_per_class: int = 2
     max_images: int | None = None
 
@@ -154,9 +169,11 @@ class ResultsConfig(StageConfig):
     """
 
     stage: typing.ClassVar[str] = "results"
-    variants: tuple = ("full", "joint", "no_contrastive", "no_fusion", "mtunet", "resse_unet", "densenet")
+    # the training fields are passed on to the variants' stages; these are not (``seeds`` varies the seed)
+    inapplicable: typing.ClassVar[frozenset] = frozenset({"seed", "init_from", "resume"})
+    variants: tuple = tuple(VARIANTS)  # every variant of cxrlib.variants
     seeds: tuple = (0, 1, 2)
-    train: bool = True  # False: only read the results that exist
+    train_missing: bool = True  # False: only read the results that exist
     reference: str = "full"  # the variant every other is tested against
 
 
@@ -170,8 +187,8 @@ PROFILE_DEFAULTS = {
         "common": {**_SYNTHETIC, "synthetic_images": 48, "image_size": (64, 64), "base_width": 8,
                    "epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2, "eval_batch_size": 8,
                    "n_boot": 50, "examples_per_class": 1},
-        "stage3": {"joint_epochs": 1},
-        "explain": {"max_images": 6, "cam_methods": ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")},
+        "stage3": {"finetune_epochs": 1},
+        "explain": {"max_images": 6},
         "results": {"seeds": (0,)},
     },
     "demo": {
@@ -185,7 +202,7 @@ PROFILE_DEFAULTS = {
         "joint": {"epochs": 10, "batch_size": 8},
         # notebook 07 only reads finished variants in `cxrlib run --profile demo` (which stays
         # within minutes); `cxrlib ablate --profile demo` trains them (about an hour on 2 cores).
-        "results": {"seeds": (0, 1, 2), "train": False},
+        "results": {"seeds": (0, 1, 2), "train_missing": False},
     },
     "paper": {
         "common": {"synthetic_images": 1083, "image_size": (640, 512), "pretrained": True, "base_width": 64,
@@ -196,20 +213,9 @@ PROFILE_DEFAULTS = {
         "stage3": {"epochs": 40, "batch_size": 6},
         "explain": {"batch_size": 6},
         "joint": {"epochs": 50, "batch_size": 6},
-        "results": {"seeds": (0, 1, 2), "train": False},
+        "results": {"seeds": (0, 1, 2), "train_missing": False},
     },
 }
-
-
-def repository_root() -> Path:
-    """The checkout holding this package (editable install), else the working directory."""
-    here = Path(__file__).resolve().parent.parent
-    if (here / "pyproject.toml").is_file() and (here / "notebooks").is_dir():
-        return here
-    for parent in [Path.cwd(), *Path.cwd().parents]:
-        if (parent / "pyproject.toml").is_file() and (parent / "cxrlib").is_dir():
-            return parent
-    return Path.cwd()
 
 
 def _check_type(name: str, value, annotation):
@@ -249,8 +255,13 @@ def make_config(stage: str, profile: str = "smoke", **params):
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise TypeError(
-            f"unknown parameter(s) {unknown} for {cls.__name__} ({stage}); valid parameters: {', '.join(valid)}"
+            f"unknown parameter(s) {unknown} for {cls.__name__} ({stage}); valid parameters: "
+            f"{', '.join(parameter_names(stage))}"
         )
+    unused = sorted(set(params) & cls.inapplicable)
+    if unused:
+        raise TypeError(f"parameter(s) {unused} do not apply to {cls.__name__} ({stage}), which does not read "
+                        f"them; valid parameters: {', '.join(parameter_names(stage))}")
     merged = {}
     defaults = PROFILE_DEFAULTS[profile]
     for source in (defaults.get("common", {}), defaults.get(stage, {})):
@@ -278,12 +289,10 @@ def _finalise(config):
     if isinstance(config, ContrastiveConfig):
         choices["loss"] = ("triplet", "supcon", "ntxent")
     if isinstance(config, FusionConfig):
-        choices["mode"] = ("head", "joint")
+        choices["mode"] = ("head", "finetune")
     if isinstance(config, JointConfig):
         choices["model"] = ("dual", "mtunet", "resse_unet")
     if isinstance(config, ResultsConfig):
-        from cxrlib.ablation import check_results_config  # the variant registry lives there
-
         check_results_config(config)
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
@@ -321,4 +330,6 @@ def load_config(path):
 
 
 def parameter_names(stage: str) -> list[str]:
-    return [f.name for f in fields(STAGE_CONFIGS[stage])]
+    """The parameters a stage's notebook (and ``make_config``) accepts: its fields minus ``inapplicable``."""
+    cls = STAGE_CONFIGS[stage]
+    return [f.name for f in fields(cls) if f.name not in cls.inapplicable]

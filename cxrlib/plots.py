@@ -168,7 +168,7 @@ def save_figure(fig, name: str, config) -> "Path | None":
     """
     from pathlib import Path
 
-    from cxrlib.config import repository_root
+    from cxrlib.paths import repository_root
 
     if fig is None:
         return None

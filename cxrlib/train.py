@@ -312,10 +312,11 @@ class Trainer:
             self.config.save(self.stage_dir / "config.json")
         if self.config.resume and self._resume() and main:
             print(f"{self.config.stage}: resumed after epoch {self.start_epoch} from {self.stage_dir / LAST}")
-        stale = 0
-        for row in self.history:  # early-stopping counter survives a resume
-            stale = 0 if row.get("improved") else stale + 1
+        for row in self.history:  # a stage trained further after it ended is no longer ended
+            row.pop("end", None)
         for done, epoch in enumerate(range(self.start_epoch, self.config.epochs)):
+            if early_stop(self.history, self.config.early_stopping):  # the rule survives a resume
+                break
             if stop_after is not None and done >= stop_after:
                 return pd.DataFrame(self.history)
             started = time.perf_counter()
@@ -336,11 +337,13 @@ class Trainer:
                 atomic_save(self._state(epoch), self.stage_dir / LAST)
                 self._write_history()
             distributed.barrier()  # best.pt / last.pt complete before any rank reads them
-            stale = 0 if improved else stale + 1
-            if self.config.early_stopping and stale >= self.config.early_stopping:
+            if early_stop(self.history, self.config.early_stopping):
                 if main:
-                    print(f"{self.config.stage}: early stop after epoch {epoch + 1} ({stale} epochs without improvement)")
+                    print(f"{self.config.stage}: early stop after epoch {epoch + 1} "
+                          f"({self.config.early_stopping} epochs without improvement)")
                 break
+        if self.history:  # how the stage ended, read by whoever asks whether it is complete
+            self.history[-1]["end"] = "early_stop" if early_stop(self.history, self.config.early_stopping) else "epochs"
         self.load_best()
         if main:
             self._write_history()
@@ -358,6 +361,18 @@ class Trainer:
 
         pd.DataFrame(self.history).to_csv(self.stage_dir / "history.csv", index=False)
         (self.stage_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+
+
+def early_stop(history: list[dict], patience: int) -> bool:
+    """The early-stopping rule: stop once ``patience`` epochs in a row brought no improvement of
+    the validation loss (``improved`` in each history row); ``patience`` 0 never stops."""
+    return bool(patience) and len(history) >= patience and not any(r.get("improved") for r in history[-patience:])
+
+
+def ended(history: list[dict]) -> bool:
+    """Whether a stage's history (``history.json``) records a finished fit: all its epochs, or an
+    early stop. An interrupted stage (crash, ``stop_after``) has not ended."""
+    return bool(history) and history[-1].get("end") in ("epochs", "early_stop")
 
 
 def _progress(iterable, *, total, desc, enabled):
