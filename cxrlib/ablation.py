@@ -3,7 +3,7 @@
 Every variant is a chain of ordinary stage configs (:func:`cxrlib.config.make_config`) trained by
 the ordinary stage code, plus a rule for how it is evaluated; nothing is copied. The claims of the
 paper (arXiv:2403.16970, sections on the ablation and the baselines) and the variant that tests
-each are in :data:`VARIANTS`.
+each are in :data:`cxrlib.variants.VARIANTS`.
 
 Run folders::
 
