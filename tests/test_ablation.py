@@ -127,7 +127,9 @@ def test_results_config_checks_and_passes_on_common_fields(tmp_path):
         make_config("results", "smoke", seeds=(0, 0))
     with pytest.raises(TypeError, match="'variants' must be tuple"):
         make_config("results", "smoke", variants="full")
-    config = make_config("results", "demo", run_dir=str(tmp_path), epochs=2, seed=5)
+    with pytest.raises(TypeError, match=r"\['seed'\] do not apply"):  # ``seeds`` varies it
+        make_config("results", "demo", seed=5)
+    config = make_config("results", "demo", run_dir=str(tmp_path), epochs=2)
     assert ablation.stage_params(config) == {"epochs": 2}
     assert make_config("results", "demo").seeds == (0, 1, 2) and make_config("results", "smoke").seeds == (0,)
     stages_ = ablation.variant_configs("no_contrastive", "demo", seed=1, run_root=tmp_path, epochs=2)

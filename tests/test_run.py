@@ -33,3 +33,14 @@ def test_cli_values_parse_as_literals():
 def test_every_stage_notebook_is_in_the_registry():
     assert list(NOTEBOOK_STAGES)[:2] == ["01_data_exploration.ipynb", "02_contrastive_pretraining.ipynb"]
     assert NOTEBOOK_STAGES["05_stage3_fusion.ipynb"] == "stage3"
+
+
+def test_cli_trains_every_registered_stage():
+    from cxrlib.cli import build_parser
+    from cxrlib.stages import TRAINABLE_STAGES
+
+    assert {"stage1a", "stage1b", "stage2", "stage3", "joint"} == set(TRAINABLE_STAGES)
+    for stage in TRAINABLE_STAGES:
+        assert build_parser().parse_args(["train", "--stage", stage]).stage == stage
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--stage", "explain"])  # trains nothing
