@@ -325,7 +325,7 @@ def trained_model(config, stage: str, *, model_name: str | None = None, required
     if not required:
         return None
     warn_missing_init(config.stage, path, config.profile)
-    entry = STAGES[Path(stage).name]
+    entry = stage_of({"stage": Path(stage).name})  # the folder is named after its stage
     model = build_named(model_name or entry.model_name(make_config(entry.name, config.profile)), config)
     return model.to(_device(config)).eval()
 
