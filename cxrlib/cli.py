@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_ablate)
 
-    sub.add_parser("bench", help="model throughput and memory (cxrlib bench --help for its options)")
+    sub.add_parser("bench", help="network or per-stage throughput and memory (cxrlib bench --help for its options)")
 
     p = sub.add_parser("bench-data", help="loader samples/s, cold (decode) and warm (cache)")
     p.add_argument("--n-images", type=int, default=60)
@@ -154,10 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # its own parser (cxrlib.bench.main): hand over every option
-        from cxrlib import bench
+    if argv[:1] == ["bench"]:  # its own parser (cxrlib.bench.build_parser): hand over every option
+        from cxrlib import bench, bench_stages
 
-        return bench.main(argv[1:]) or 0
+        args = bench.build_parser().parse_args(argv[1:])
+        return (bench_stages.run_stages if args.stage else bench.run_models)(args)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

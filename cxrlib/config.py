@@ -64,6 +64,10 @@ class StageConfig:
     early_stopping: int = 0  # epochs without improvement before stopping; 0: never
     max_steps_per_epoch: int | None = None
     amp: bool | None = None  # None: on for CUDA only
+    amp_dtype: str = "auto"  # auto: bf16 on cards with native bf16 (compute capability >= 8.0), else fp16 + scaler
+    channels_last: bool | None = None  # None: on CUDA only (faster convolutions there, slower on the CPU)
+    compile: bool = False  # torch.compile the training step; falls back to eager with a warning
+    activation_checkpointing: bool = False  # recompute UNet levels in the backward pass: less memory, slower
     sync_batchnorm: bool = False  # under torchrun on CUDA: BatchNorm statistics over all GPUs
     resume: bool = False
     init_from: str | None = None  # a stage name in run_dir, or a checkpoint path
@@ -205,8 +209,10 @@ PROFILE_DEFAULTS = {
         "results": {"seeds": (0, 1, 2), "train_missing": False},
     },
     "paper": {
+        # activation checkpointing keeps every stage within a 16 GB T4 (README, "On a GPU")
         "common": {"synthetic_images": 1083, "image_size": (640, 512), "pretrained": True, "base_width": 64,
-                   "sigma": 75.5, "gaze_source": "eye_gaze", "plateau_patience": 40, "n_boot": 1000},
+                   "sigma": 75.5, "gaze_source": "eye_gaze", "plateau_patience": 40, "n_boot": 1000,
+                   "activation_checkpointing": True},
         "stage1a": {"image_size": (320, 256), "epochs": 50, "batch_size": 32},
         "stage1b": {"epochs": 10, "batch_size": 16},
         "stage2": {"epochs": 50, "batch_size": 16},
@@ -285,7 +291,8 @@ def _finalise(config):
     if config.egd_root is not None and config.image_root is None:
         config.image_root = config.egd_root
     choices = {"gaze_source": ("eye_gaze", "fixations"), "weighting": ("count", "duration"),
-               "resize": ("pad_resize", "stride"), "frozen_bn": ("eval", "train")}
+               "resize": ("pad_resize", "stride"), "frozen_bn": ("eval", "train"),
+               "amp_dtype": ("auto", "bf16", "fp16")}
     if isinstance(config, ContrastiveConfig):
         choices["loss"] = ("triplet", "supcon", "ntxent")
     if isinstance(config, FusionConfig):
