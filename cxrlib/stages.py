@@ -236,12 +236,20 @@ def _device(config) -> torch.device:
     return torch.device(config.device) if config.device else default_device()
 
 
-def _fit(entry: Stage, model, config, train, val, *, progress, stop_after=None, stage_dir=None):
-    """One Trainer for one registry entry: its parts, step function and extra modules."""
-    trainer = Trainer(model, config, train_parts=entry.trained_parts(config, model), loss_fn=entry.step(config),
-                      collate_fn=collate, extra_modules=entry.extra(config, model) if entry.extra else None,
-                      progress=progress, stage_dir=stage_dir, find_unused_parameters=entry.unused_parameters)
-    return trainer, trainer.fit(train, val, stop_after=stop_after)
+def stage_trainer(config, model: nn.Module, *, entry: Stage | None = None, progress: bool = True,
+                  stage_dir=None) -> Trainer:
+    """The Trainer of a registry entry (default: the config's) for ``model``: the parts that
+    train, the step function and the extra modules."""
+    entry = entry or stage_of(config)
+    return Trainer(model, config, train_parts=entry.trained_parts(config, model), loss_fn=entry.step(config),
+                   collate_fn=collate, extra_modules=entry.extra(config, model) if entry.extra else None,
+                   progress=progress, stage_dir=stage_dir, find_unused_parameters=entry.unused_parameters)
+
+
+def feature_reuse(config) -> Callable | None:
+    """The stage's frozen-feature reuse where it applies (frozen parts in eval mode), else None."""
+    reuse = stage_of(config).reuse
+    return reuse if reuse is not None and config.reuse_frozen_features and config.frozen_bn == "eval" else None
 
 
 def run_stage(config, data: DataBundle, *, model: nn.Module | None = None, progress: bool = True,
@@ -264,10 +272,11 @@ def run_stage(config, data: DataBundle, *, model: nn.Module | None = None, progr
         init = initialise(model, config)
     model = model.to(_device(config))
     train, val = data.train, data.val
-    if entry.reuse is not None and config.reuse_frozen_features and config.frozen_bn == "eval":
+    if (reuse := feature_reuse(config)) is not None:
         # Under torchrun each rank computes its own full copy; the sampler then shards it.
-        train, val = (entry.reuse(model, d, config, progress=progress) for d in (train, val))
-    trainer, history = _fit(entry, model, config, train, val, progress=progress, stop_after=stop_after)
+        train, val = (reuse(model, d, config, progress=progress) for d in (train, val))
+    trainer = stage_trainer(config, model, entry=entry, progress=progress)
+    history = trainer.fit(train, val, stop_after=stop_after)
     if entry.finetune and config.mode == "finetune" and config.finetune_epochs > 0:
         history = _finetune(config, data, model, history, progress)
     return StageResult(model, history, init, trainer)
@@ -280,8 +289,8 @@ def _finetune(config, data, model, history, progress):
 
     import pandas as pd
 
-    _, tuned = _fit(STAGES["joint"], model, dataclasses.replace(config, epochs=config.finetune_epochs),
-                    data.train, data.val, progress=progress, stage_dir=config.stage_dir / "finetune")
+    tuned = stage_trainer(dataclasses.replace(config, epochs=config.finetune_epochs), model, entry=STAGES["joint"],
+                          progress=progress, stage_dir=config.stage_dir / "finetune").fit(data.train, data.val)
     # The fine-tuned best weights are the stage's result: stage3/best.pt is what later notebooks load.
     if distributed.is_main():
         shutil.copyfile(config.stage_dir / "finetune" / BEST, config.stage_dir / BEST)
