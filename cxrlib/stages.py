@@ -15,9 +15,8 @@ stage3   DualEncoderMTUNet   classifier (finetune: all)   CE (+ CE & KL)      st
 joint    dual/mtunet/resse   every part, from scratch     CE & KL, weighted   (ImageNet)
 =======  ==================  ===========================  ==================  ===========
 
-:func:`run_stage` trains any of them with the one :class:`~cxrlib.train.Trainer`;
-:func:`prepare_data` gives the three splits; :func:`load_stage_model` / :func:`trained_model`
-read a stage's best checkpoint back; :func:`predict` runs a model over a data set.
+:func:`run_stage` trains any of them with the one :class:`~cxrlib.train.Trainer`; :func:`prepare_data`
+gives the splits, :func:`load_stage_model` a stage's best weights, :func:`predict` a model's outputs.
 """
 
 from __future__ import annotations
@@ -31,14 +30,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrlib import distributed, losses
+from cxrlib import distributed
 from cxrlib.config import (ContrastiveConfig, DataConfig, EncoderConfig, ExplainConfig, FusionConfig, JointConfig,
                            ResultsConfig, SaliencyConfig, load_config, make_config)
 from cxrlib.data import EGDDataset, collate, load_or_make_splits, read_master_sheet, split_ids
 from cxrlib.model import build_model
 from cxrlib.runtime import default_device, seed_everything
-from cxrlib.steps import (ce_step, contrastive_step, fusion_step, joint_step, projection_head, saliency_step,
-                          with_frozen_densenet, with_fused_features)
+from cxrlib.steps import (ce_step, contrastive_extra, contrastive_step, fusion_step, joint_extra, joint_step,
+                          saliency_step, with_frozen_densenet, with_fused_features)
 from cxrlib.train import BEST, Trainer, load_init, precompute, warn_missing_init
 
 
@@ -152,20 +151,12 @@ class Stage:
         return tuple(parts)
 
 
-def _contrastive_extra(config, model):
-    return {"projection": projection_head(model.densenet.out_channels)} if config.loss == "ntxent" else None
-
-
-def _uncertainty(config, model):
-    return {"uncertainty": losses.UncertaintyWeightedLoss(learn_saliency_sigma=config.learn_saliency_sigma)}
-
-
 _DUAL_TRUNK = ("res_se", "decoder", "saliency_head")
 STAGES = {s.name: s for s in (
     Stage("data", DataConfig, "01_data_exploration.ipynb"),
     # Stage 1a's embedding is taken before DenseNet's norm5, which therefore gets no gradient.
     Stage("stage1a", ContrastiveConfig, "02_contrastive_pretraining.ipynb", model="densenet",
-          trains=("densenet",), step=contrastive_step, extra=_contrastive_extra, unused_parameters=True),
+          trains=("densenet",), step=contrastive_step, extra=contrastive_extra, unused_parameters=True),
     Stage("stage1b", EncoderConfig, "03_stage1_encoder.ipynb", model="densenet",
           trains=("densenet", "classifier"), init_parts=("densenet",), step=lambda config: ce_step),
     Stage("stage2", SaliencyConfig, "04_stage2_saliency.ipynb", model="dual", trains=_DUAL_TRUNK,
@@ -176,7 +167,7 @@ STAGES = {s.name: s for s in (
     Stage("results", ResultsConfig, "07_results_and_ablations.ipynb"),
     # Not a notebook: the one-stage baselines of notebook 07 (cxrlib train --stage joint).
     Stage("joint", JointConfig, model=lambda config: config.model, trains=None,
-          step=lambda config: joint_step, extra=_uncertainty),
+          step=lambda config: joint_step, extra=joint_extra),
 )}
 TRAINABLE_STAGES = tuple(name for name, s in STAGES.items() if s.trainable)
 NOTEBOOK_STAGES = {s.notebook: name for name, s in STAGES.items() if s.notebook}

@@ -21,6 +21,16 @@ def projection_head(in_features: int = 1920, hidden: int = 512, out: int = 128) 
     return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
 
 
+def contrastive_extra(config, model) -> dict | None:
+    """Stage 1a's modules trained beside the model: NT-Xent's projection head."""
+    return {"projection": projection_head(model.densenet.out_channels)} if config.loss == "ntxent" else None
+
+
+def joint_extra(config, model) -> dict:
+    """The joint loss's learnt task weights (Kendall et al. 2018), trained beside the model."""
+    return {"uncertainty": losses.UncertaintyWeightedLoss(learn_saliency_sigma=config.learn_saliency_sigma)}
+
+
 def contrastive_step(config):
     """Stage 1a: the configured contrastive loss on GAP(denseblock4) (method.md section 3).
 
