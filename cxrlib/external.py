@@ -197,6 +197,16 @@ def write_results(config, summary: pd.DataFrame, tables: pd.DataFrame, counts: d
     return path
 
 
+def save_figure(fig, name: str, config):
+    """``plots.save_figure``, but never for a run on the real REFLACX (PhysioNet data)."""
+    from cxrlib.plots import save_figure as save
+
+    if config.reflacx_root is not None:
+        print(f"not saving figures/{name}: it shows REFLACX data, which must not enter the repository")
+        return None
+    return save(fig, name, config)
+
+
 def readers_figure(data, dicom_id: str | None = None, pred: dict | None = None):
     """One image: each reader's map with their fixations, the readers' mean, and the model's map.
 
