@@ -107,8 +107,8 @@ def make_reflacx_like(out_dir, *, n_images: int = 40, seed: int = 0, n_readers: 
     out = pathlib.Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty; choose an empty folder or pass overwrite=True")
-    if n_images < 3 or n_readers < 2:
-        raise ValueError(f"need at least 3 images and 2 readers, got {n_images} and {n_readers}")
+    if n_images < 4 or n_readers < 2:  # every phase gets an image
+        raise ValueError(f"need at least 4 images and 2 readers, got {n_images} and {n_readers}")
     (out / "main_data").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 10])
     readers = _readers(rng, n_readers)
