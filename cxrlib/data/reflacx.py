@@ -44,7 +44,6 @@ FIXATION_COLUMNS = ("x_position", "y_position", "timestamp_start_fixation", "tim
                     "xmin_shown_from_image", "ymin_shown_from_image", "xmax_shown_from_image",
                     "ymax_shown_from_image")
 READER_IN_ID = re.compile(r"^P(\d)(\d\d)R")
-CLASS_NAMES = ("Normal", "CHF", "Pneumonia")
 NOT_FINDINGS = ("Support devices", "Quality issue", "split")  # metadata columns that are no abnormality
 ADDED_COLUMNS = ("reader_id", "phase", "source_file", "source_line", "label")  # what the loader adds
 
