@@ -166,6 +166,27 @@ def comparison(summary: pd.DataFrame) -> pd.DataFrame:
     return part.pivot(index="map", columns="metric", values="cell").reindex(order)[list(SALIENCY_KEYS)]
 
 
+def gap_to_ceiling(table: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Model minus ceiling on the same readings (paired by ``reading_id``): mean over images of the
+    per-image mean difference, with a 95 % bootstrap interval over images. An interval that
+    holds 0 means the model is as close to a reader as the other readers are."""
+    model = table[table["map"] == MODEL].set_index("reading_id")
+    ceiling = table[table["map"] == CEILING].set_index("reading_id")
+    if ceiling.empty or model.empty:
+        raise ValueError("gap_to_ceiling needs both the model's and the ceiling's rows (model_table, ceiling_table)")
+    both = ceiling.index.intersection(model.index)
+    diff = model.loc[both, list(SALIENCY_KEYS)] - ceiling.loc[both, list(SALIENCY_KEYS)]
+    per_image = diff.groupby(ceiling.loc[both, "dicom_id"]).mean()
+    rows = []
+    for key in SALIENCY_KEYS:
+        values = per_image[key].dropna().to_numpy()
+        if len(values) > 1:
+            mean, low, high = metrics.bootstrap_ci(np.mean, values, n_boot=n_boot, seed=seed)
+            rows.append({"metric": key, "model - ceiling": mean, "ci_low": low, "ci_high": high,
+                         "n_images": len(values)})
+    return pd.DataFrame(rows)
+
+
 def classification(pred: dict, labels, *, n_boot: int = 1000, seed: int = 0) -> dict | None:
     """Diagnosis metrics on the readings a label mapping placed (label >= 0); None without any."""
     labels = np.asarray(labels)
@@ -184,14 +205,17 @@ def classification(pred: dict, labels, *, n_boot: int = 1000, seed: int = 0) -> 
     return _jsonable(scores)
 
 
-def write_results(config, summary: pd.DataFrame, tables: pd.DataFrame, counts: dict, classes: dict | None) -> Path:
-    """``<run_dir>/external/metrics.json`` (summary, counts, classification) and ``scores.csv``."""
+def write_results(config, summary: pd.DataFrame, tables: pd.DataFrame, counts: dict, classes: dict | None,
+                  gap: pd.DataFrame | None = None) -> Path:
+    """``<run_dir>/external/metrics.json`` (summary, gap to the ceiling, counts, classification)
+    and the per-reading ``scores.csv``."""
     folder = config.stage_dir
     folder.mkdir(parents=True, exist_ok=True)
     tables.to_csv(folder / "scores.csv", index=False)
     result = {"profile": config.profile, "data": "REFLACX" if config.reflacx_root else "synthetic REFLACX-format",
               "label_mapping": config.label_mapping, "counts": counts, "classification": classes,
-              "summary": summary.to_dict(orient="records")}
+              "summary": summary.to_dict(orient="records"),
+              "gap_to_ceiling": None if gap is None else gap.to_dict(orient="records")}
     path = folder / "metrics.json"
     path.write_text(json.dumps(_jsonable(result), indent=2))
     return path

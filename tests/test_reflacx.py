@@ -257,3 +257,23 @@ def test_cli_writes_the_reflacx_format(tmp_path, capsys):
     assert cli.main(["synth", str(tmp_path / "r"), "--format", "reflacx", "--n-images", "4"]) == 0
     assert "REFLACX-format" in capsys.readouterr().out
     assert len(dataset(tmp_path / "r")) >= 4
+
+
+def test_gap_to_ceiling_pairs_readings():
+    rng = np.random.default_rng(0)
+    ceiling = pd.DataFrame({"dicom_id": np.repeat(["a", "b", "c"], 2), "reader_id": ["1", "2"] * 3,
+                            "reading_id": [f"r{i}" for i in range(6)], "n_readers": 2, "map": external.CEILING,
+                            **{k: rng.uniform(0.2, 0.8, 6) for k in external.SALIENCY_KEYS}})
+    model = ceiling.assign(map=external.MODEL, cc=ceiling["cc"] + 0.1).sample(frac=1, random_state=0)  # other order
+    gap = external.gap_to_ceiling(pd.concat([model, ceiling]), n_boot=50).set_index("metric")
+    assert gap.loc["cc", "model - ceiling"] == pytest.approx(0.1)
+    assert gap.loc["kld", "model - ceiling"] == pytest.approx(0.0) and gap.loc["kld", "ci_high"] == pytest.approx(0.0)
+    assert (gap["n_images"] == 3).all()
+
+
+def test_classification_only_on_mapped_readings():
+    probs = np.eye(3)[[0, 1, 2, 0, 1, 2]] * 0.8 + 0.2 / 3
+    labels = [0, 1, 2, -1, -1, 2]
+    scores = external.classification({"probs": probs}, labels, n_boot=20)
+    assert scores["n_readings"] == 4 and scores["accuracy"] == 1.0
+    assert external.classification({"probs": probs}, [-1] * 6) is None
