@@ -277,3 +277,20 @@ def test_classification_only_on_mapped_readings():
     scores = external.classification({"probs": probs}, labels, n_boot=20)
     assert scores["n_readings"] == 4 and scores["accuracy"] == 1.0
     assert external.classification({"probs": probs}, [-1] * 6) is None
+
+
+def test_a_real_reflacx_folder_is_read_and_never_drawn_to_figures(reflacx_root, tmp_path, capsys):
+    from cxrlib.config import make_config
+
+    config = make_config("external", "demo", run_dir=str(tmp_path), reflacx_root=str(reflacx_root),
+                         reflacx_image_root=str(reflacx_root), image_size=(64, 64))
+    data = external.reflacx_data(config, exclude_dicom_ids=[])
+    assert data.reflacx_root == reflacx_root and len(data) > 0
+    assert external.save_figure(object(), "reflacx_readers.png", config) is None
+    assert "must not enter the repository" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="reflacx_image_root"):
+        external.ensure_reflacx(make_config("external", "demo", run_dir=str(tmp_path), reflacx_root=str(reflacx_root)))
+    with pytest.raises(FileNotFoundError, match="no main_data"):
+        external.ensure_reflacx(make_config("external", "demo", run_dir=str(tmp_path), reflacx_root=str(tmp_path)))
+    with pytest.raises(ValueError, match="label_mapping"):
+        make_config("external", "demo", label_mapping="guess")
