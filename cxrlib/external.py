@@ -222,7 +222,8 @@ def write_results(config, summary: pd.DataFrame, tables: pd.DataFrame, counts: d
 
 
 def save_figure(fig, name: str, config):
-    """``plots.save_figure``, but never for a run on the real REFLACX (PhysioNet data)."""
+    """``plots.save_figure`` (into the run folder, where ``make figures`` may publish it), but
+    never for a run on the real REFLACX: its provenance record only knows about ``egd_root``."""
     from cxrlib.plots import save_figure as save
 
     if config.reflacx_root is not None:
