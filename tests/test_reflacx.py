@@ -199,6 +199,17 @@ def test_reflacx_convention_clips_to_the_shown_rectangle_and_uses_both_axes():
     assert spread[0] > 3 * spread[1]
 
 
+def test_each_fixation_weighs_its_duration_whatever_its_sigma():
+    """A zoomed-in fixation (fewer pixels per degree) is sharper, not lighter: far from the
+    borders, two fixations of equal duration carry equal mass."""
+    native = (400, 400)
+    geometry = Geometry.fit(native, (128, 128))
+    points = ShownGazePoints(np.array([[100.0, 200.0], [300.0, 200.0]]), np.array([0.4, 0.4]),
+                             np.array([[8.0, 8.0], [20.0, 20.0]]), np.tile([0.0, 0.0, 399.0, 399.0], (2, 1)))
+    heat, _ = gaze_map(points, geometry, None, convention="reflacx")
+    assert heat[:, :64].sum() == pytest.approx(0.5, abs=1e-3) and heat[:, :64].max() > 3 * heat[:, 64:].max()
+
+
 def test_reflacx_convention_needs_its_points():
     geometry = Geometry.fit((100, 100), (64, 64))
     with pytest.raises(TypeError, match="ShownGazePoints"):

@@ -154,8 +154,9 @@ def gaze_map(points: GazePoints, geometry: Geometry, sigma_px: float | None, *, 
     ``convention="reflacx"`` (``points`` a :class:`ShownGazePoints`, ``sigma_px`` None): sigma
     is ``REFLACX_SIGMA_DEGREES`` times each point's pixels per degree (x and y apart), and each
     Gaussian is zero outside the rectangle shown with that fixation. The rectangle is separable
-    too, so the same product computes it. A clipped Gaussian is not renormalised: the mass
-    outside the screen was not seen. The weights are whatever ``points`` carries (durations).
+    too, so the same product computes it. Each Gaussian is a density (divided by its sigmas), so
+    its mass is its weight (the duration) before the cut; a clipped Gaussian is not renormalised:
+    the mass outside the screen was not seen.
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
@@ -168,6 +169,9 @@ def gaze_map(points: GazePoints, geometry: Geometry, sigma_px: float | None, *, 
     cols = np.arange(W, dtype=np.float64)
     if convention == "reflacx":
         sigma_x, sigma_y, row_in, col_in = _reflacx_terms(inside, geometry, rows, cols, sigma_px, dicom_id)
+        # Each fixation is a normalised density (mass = its duration before the cut), so a
+        # zoomed-in fixation (fewer image pixels per degree) is sharper, not lighter.
+        weights = weights / (sigma_x * sigma_y)
     else:
         sigma_x = sigma_y = sigma_px
         row_in, col_in = 1.0, 1.0

@@ -259,7 +259,8 @@ class REFLACXDataset(Dataset):
 
     @property
     def params(self) -> dict:
-        return {"reflacx": 1, "image_size": self.image_size, "resize": self.resize, "voi_lut": self.voi_lut}
+        # "reflacx_map" versions the map construction: bump it when gaze_map's REFLACX branch changes.
+        return {"reflacx_map": 2, "image_size": self.image_size, "resize": self.resize, "voi_lut": self.voi_lut}
 
     def readings_by_image(self) -> dict[str, list[int]]:
         """{dicom_id: sample indices of its readings}, in metadata order."""
