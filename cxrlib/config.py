@@ -329,3 +329,37 @@ def load_config(path):
 
 def parameter_names(stage: str) -> list[str]:
     return [f.name for f in fields(STAGE_CONFIGS[stage])]
+
+
+@dataclass
+class ExternalConfig(StageConfig):
+    """Notebook 08: the stage-3 model on REFLACX (another eye tracker, five other radiologists),
+    beside the centre bias and the inter-reader ceiling (``cxrlib.external``).
+
+    ``reflacx_root`` None: a synthetic REFLACX-format set in the run folder. ``label_mapping``
+    None: saliency only; ``"certainty"``: the rule in ``cxrlib.data.reflacx.LABEL_MAPPINGS``.
+    """
+
+    stage: typing.ClassVar[str] = "external"
+    init_from: str | None = "stage3"
+    reflacx_root: str | None = None  # folder holding main_data/ (reflacx-xray-localization/1.0.0)
+    reflacx_image_root: str | None = None  # MIMIC-CXR(-JPG) root holding files/p10/...; None: image_root
+    reflacx_phases: tuple = (1, 2, 3)
+    label_mapping: str | None = None
+    min_readers: int = 2  # readers an image needs to enter the inter-reader ceiling
+    synthetic_reflacx_images: int = 40
+    example_image: str | None = None  # dicom_id of the readers figure; None: the most-read image
+
+    def __post_init__(self):
+        if self.label_mapping is not None and self.label_mapping not in ("none", "certainty"):
+            raise ValueError(f"parameter 'label_mapping' must be None, 'none' or 'certainty', got {self.label_mapping!r}")
+        if self.min_readers < 2:
+            raise ValueError(f"parameter 'min_readers' must be at least 2 (a ceiling needs other readers), got {self.min_readers}")
+        if not set(self.reflacx_phases) <= {1, 2, 3}:
+            raise ValueError(f"parameter 'reflacx_phases' must be a subset of (1, 2, 3), got {self.reflacx_phases!r}")
+
+
+STAGE_CONFIGS[ExternalConfig.stage] = ExternalConfig
+PROFILE_DEFAULTS["smoke"]["external"] = {"synthetic_reflacx_images": 8}
+PROFILE_DEFAULTS["demo"]["external"] = {"synthetic_reflacx_images": 40}
+PROFILE_DEFAULTS["paper"]["external"] = {"synthetic_reflacx_images": 40}
