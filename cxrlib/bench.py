@@ -116,6 +116,14 @@ class _PeakMemory:
             self.start = self._rss_kib(peak=True)
         return self
 
+    def reset(self) -> float:
+        """The peak so far (MiB), then start a new measurement (CUDA only; elsewhere 0 and no reset)."""
+        if self.device.type != "cuda":
+            return 0.0
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return peak
+
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20

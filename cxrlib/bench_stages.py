@@ -80,6 +80,7 @@ def benchmark_stage(stage: str, profile: str = "paper", *, steps: int = 5, warmu
                 warm, timed = (reuse(model, d, config, progress=False) if d else d for d in (warm, timed))
                 _sync(device)
                 precompute_s = (time.perf_counter() - started) / (len(warm) + len(timed))
+            precompute_mib = memory.reset() if reuse is not None else 0.0  # the one-off pass, apart
             if warmup:
                 trainer.train_epoch(warm, 0)
             _sync(device)
@@ -87,7 +88,7 @@ def benchmark_stage(stage: str, profile: str = "paper", *, steps: int = 5, warmu
             trainer.train_epoch(timed, 1)
             _sync(device)
             train_rate = len(timed) / (time.perf_counter() - started)
-            trainer.evaluate(warm if warmup else timed)  # evaluation warm-up
+            trainer.evaluate(timed)  # warm-up: cuDNN tunes each new batch shape once
             _sync(device)
             started = time.perf_counter()
             trainer.evaluate(timed)
@@ -102,7 +103,7 @@ def benchmark_stage(stage: str, profile: str = "paper", *, steps: int = 5, warmu
         "image_size": "x".join(map(str, config.image_size)), "batch_size": batch,
         "amp": trainer.autocast.name, "options": ",".join(options) or "-",
         "train_img_s": train_rate, "eval_img_s": eval_rate, "peak_mem_mib": memory.mib,
-        "memory_measure": memory.label,
+        "precompute_peak_mib": precompute_mib, "memory_measure": memory.label,
         "precompute_s_per_image": precompute_s,
         "epoch_s": epoch_s,  # the precompute runs once per stage, not per epoch
         "stage_s": epoch_s * config.epochs + precompute_s * (EGD_TRAIN_IMAGES + EGD_VAL_IMAGES),
@@ -112,16 +113,17 @@ def benchmark_stage(stage: str, profile: str = "paper", *, steps: int = 5, warmu
 
 def format_stage_rows(rows: list[dict]) -> str:
     """Aligned text table of ``benchmark_stage`` rows, with the chain's total when there are several."""
-    header = ("stage", "train img/s", "eval img/s", "peak GiB", "epoch s", "epochs", "stage min",
-              "amp", "batch", "image", "options")
+    header = ("stage", "train img/s", "eval img/s", "peak GiB", "precompute GiB", "epoch s", "epochs",
+              "stage min", "amp", "batch", "image", "options")
     cells = [header] + [
         (r["stage"], f"{r['train_img_s']:.1f}", f"{r['eval_img_s']:.1f}", f"{r['peak_mem_mib'] / 1024:.2f}",
+         f"{r['precompute_peak_mib'] / 1024:.2f}" if r["precompute_peak_mib"] else "-",
          f"{r['epoch_s']:.0f}", str(r["epochs"]), f"{r['stage_s'] / 60:.1f}", r["amp"], str(r["batch_size"]),
          r["image_size"], r["options"])
         for r in rows
     ]
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
-    left = {0, 7, 9, 10}
+    left = {0, 8, 10, 11}
     lines = ["  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
              for row in cells]
     lines.insert(1, "-" * len(lines[0]))

@@ -7,6 +7,12 @@ import sys
 
 
 def _synth(args) -> int:
+    if args.format == "reflacx":
+        from cxrlib.synthetic_reflacx import make_reflacx_like
+
+        out = make_reflacx_like(args.out_dir, n_images=args.n_images, seed=args.seed, overwrite=args.overwrite)
+        print(f"synthetic REFLACX-format data set in {out} (reflacx_root = reflacx_image_root = this folder)")
+        return 0
     from cxrlib.synthetic import make_egd_like
 
     out = make_egd_like(args.out_dir, n_images=args.n_images, seed=args.seed, overwrite=args.overwrite)
@@ -96,11 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxrlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("synth", help="write the synthetic EGD-format data set")
+    p = sub.add_parser("synth", help="write a synthetic data set (EGD-CXR or REFLACX format)")
     p.add_argument("out_dir")
     p.add_argument("--n-images", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--format", choices=("egd", "reflacx"), default="egd",
+                   help="egd: EGD-CXR layout (default); reflacx: REFLACX layout, several readers per image")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("run", help="execute the notebooks in order with papermill")

@@ -32,7 +32,10 @@ DEFAULT_CAMS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")  # S
 # Fields of the training loop. A notebook that trains nothing rejects them (``inapplicable``):
 # ``lr`` on the data notebook is a mistake to report, not a setting to ignore.
 _TRAINING_FIELDS = frozenset({"epochs", "batch_size", "lr", "plateau_patience", "early_stopping", "max_steps_per_epoch",
-                              "amp", "sync_batchnorm", "resume", "init_from", "frozen_bn", "reuse_frozen_features"})
+                              "amp", "amp_dtype", "channels_last", "compile", "activation_checkpointing",
+                              "sync_batchnorm", "resume", "init_from", "frozen_bn", "reuse_frozen_features"})
+# A notebook that reads a trained model names its upstream stage in ``init_from`` (colab.start checks it).
+_READS_A_MODEL = (_TRAINING_FIELDS - {"init_from"}) | {"pretrained"}
 
 
 @dataclass
@@ -146,7 +149,7 @@ class ExplainConfig(StageConfig):
     """Notebook 06: saliency against Grad-CAM."""
 
     stage: typing.ClassVar[str] = "explain"
-    inapplicable: typing.ClassVar[frozenset] = _TRAINING_FIELDS | {"pretrained"}
+    inapplicable: typing.ClassVar[frozenset] = _READS_A_MODEL
     init_from: str | None = "stage3"
     cam_methods: tuple = DEFAULT_CAMS
     examples_per_class: int = 2
@@ -340,3 +343,38 @@ def parameter_names(stage: str) -> list[str]:
     """The parameters a stage's notebook (and ``make_config``) accepts: its fields minus ``inapplicable``."""
     cls = STAGE_CONFIGS[stage]
     return [f.name for f in fields(cls) if f.name not in cls.inapplicable]
+
+
+@dataclass
+class ExternalConfig(StageConfig):
+    """Notebook 08: the stage-3 model on REFLACX (another eye tracker, five other radiologists),
+    beside the centre bias and the inter-reader ceiling (``cxrlib.external``).
+
+    ``reflacx_root`` None: a synthetic REFLACX-format set in the run folder. ``label_mapping``
+    None: saliency only; ``"certainty"``: the rule in ``cxrlib.data.reflacx.LABEL_MAPPINGS``.
+    """
+
+    stage: typing.ClassVar[str] = "external"
+    inapplicable: typing.ClassVar[frozenset] = _READS_A_MODEL
+    init_from: str | None = "stage3"
+    reflacx_root: str | None = None  # folder holding main_data/ (reflacx-xray-localization/1.0.0)
+    reflacx_image_root: str | None = None  # MIMIC-CXR(-JPG) root holding files/p10/...; None: image_root
+    reflacx_phases: tuple = (1, 2, 3)
+    label_mapping: str | None = None
+    min_readers: int = 2  # readers an image needs to enter the inter-reader ceiling
+    synthetic_reflacx_images: int = 40
+    example_image: str | None = None  # dicom_id of the readers figure; None: the most-read image
+
+    def __post_init__(self):
+        if self.label_mapping is not None and self.label_mapping not in ("none", "certainty"):
+            raise ValueError(f"parameter 'label_mapping' must be None, 'none' or 'certainty', got {self.label_mapping!r}")
+        if self.min_readers < 2:
+            raise ValueError(f"parameter 'min_readers' must be at least 2 (a ceiling needs other readers), got {self.min_readers}")
+        if not set(self.reflacx_phases) <= {1, 2, 3}:
+            raise ValueError(f"parameter 'reflacx_phases' must be a subset of (1, 2, 3), got {self.reflacx_phases!r}")
+
+
+STAGE_CONFIGS[ExternalConfig.stage] = ExternalConfig
+PROFILE_DEFAULTS["smoke"]["external"] = {"synthetic_reflacx_images": 8}
+PROFILE_DEFAULTS["demo"]["external"] = {"synthetic_reflacx_images": 40}
+PROFILE_DEFAULTS["paper"]["external"] = {"synthetic_reflacx_images": 40}

@@ -61,6 +61,17 @@ def autocast_settings(device: torch.device, amp: bool | None = None, amp_dtype: 
     return Autocast(True, torch.float16, True)
 
 
+def autocast_context(device: torch.device, setting: Autocast):
+    """The ``torch.autocast`` block of ``setting`` (a no-op when it is disabled)."""
+    return torch.autocast(device.type, dtype=setting.dtype, enabled=setting.enabled)
+
+
+def config_autocast(config, device: torch.device):
+    """The autocast block a stage config asks for on ``device`` (``amp``, ``amp_dtype``): what the
+    trainer's step runs in, and so what a frozen-feature precompute must run in too."""
+    return autocast_context(device, autocast_settings(device, config.amp, config.amp_dtype))
+
+
 def use_channels_last(device: torch.device, channels_last: bool | None = None) -> bool:
     """channels_last on CUDA by default (None); an explicit True/False wins everywhere."""
     return device.type == "cuda" if channels_last is None else bool(channels_last)

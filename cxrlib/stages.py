@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from cxrlib import distributed
-from cxrlib.config import (ContrastiveConfig, DataConfig, EncoderConfig, ExplainConfig, FusionConfig, JointConfig,
-                           ResultsConfig, SaliencyConfig, load_config, make_config)
+from cxrlib.config import (ContrastiveConfig, DataConfig, EncoderConfig, ExplainConfig, ExternalConfig, FusionConfig,
+                           JointConfig, ResultsConfig, SaliencyConfig, load_config, make_config)
 from cxrlib.data import EGDDataset, collate, load_or_make_splits, read_master_sheet, split_ids
 from cxrlib.model import build_model
 from cxrlib.runtime import default_device, seed_everything
@@ -165,6 +165,7 @@ STAGES = {s.name: s for s in (
           step=lambda config: fusion_step, reuse=with_fused_features, finetune=True),
     Stage("explain", ExplainConfig, "06_saliency_gradcam_comparison.ipynb"),
     Stage("results", ResultsConfig, "07_results_and_ablations.ipynb"),
+    Stage("external", ExternalConfig, "08_external_validation_reflacx.ipynb"),
     # Not a notebook: the one-stage baselines of notebook 07 (cxrlib train --stage joint).
     Stage("joint", JointConfig, model=lambda config: config.model, trains=None,
           step=lambda config: joint_step, extra=joint_extra),

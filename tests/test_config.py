@@ -73,7 +73,7 @@ def test_parameter_names_are_config_fields():
     assert "mode" in parameter_names("stage3")
 
 
-@pytest.mark.parametrize("stage", ["data", "explain"])
+@pytest.mark.parametrize("stage", ["data", "explain", "external"])
 @pytest.mark.parametrize("name", ["lr", "epochs"])
 def test_notebooks_that_train_nothing_reject_training_fields(stage, name):
     with pytest.raises(TypeError, match=rf"parameter\(s\) \['{name}'\] do not apply to .*\({stage}\)"):

@@ -57,8 +57,9 @@ def test_every_plot_function_draws():
     assert [t.get_text() for t in figures[5].axes[0].get_xticklabels()] == list(CLASS_NAMES)
 
 
-def test_save_figure_writes_nothing_outside_a_synthetic_demo_run(tmp_path, capsys):
+def test_save_figure_writes_into_the_run_folder(tmp_path):
     fig, _ = plt.subplots()
-    assert plots.save_figure(fig, "x.png", make_config("results", "smoke", run_dir=str(tmp_path))) is None
-    assert "only demo runs" in capsys.readouterr().out
-    assert plots.save_figure(None, "x.png", make_config("results", "demo", run_dir=str(tmp_path))) is None
+    config = make_config("results", "smoke", run_dir=str(tmp_path))
+    assert plots.save_figure(fig, "x.png", config) == tmp_path / "figures" / "x.png"
+    assert (tmp_path / "figures" / "x.png").stat().st_size > 0
+    assert plots.save_figure(None, "y.png", config) is None

@@ -134,3 +134,35 @@ def test_stage_benchmark_runs_the_trainer_step(stage):
 def test_stage_benchmark_rejects_unknown_stage():
     with pytest.raises(ValueError, match="--stage must be one of"):
         bench_stages.benchmark_stage("explain", "smoke", device="cpu")
+
+
+def _one_step_trainer(**fields):
+    from cxrlib import stages
+    from cxrlib.config import make_config
+    from cxrlib.data import collate
+    from cxrlib.train import Trainer
+
+    config = make_config("stage2", "smoke", device="cpu", base_width=4, image_size=(64, 64), batch_size=2,
+                         init_from="none", run_dir="unused", **fields)
+    torch.manual_seed(0)
+    model = stages.build_stage_model(config)
+    parts, make_step, _ = stages.STAGES["stage2"]
+    trainer = Trainer(model, config, train_parts=parts, loss_fn=make_step(config), collate_fn=collate, progress=False)
+    return trainer, bench_stages._random_samples(config, 4)
+
+
+def test_trainer_channels_last_on_cpu_gives_the_same_loss():
+    plain, data = _one_step_trainer(channels_last=False)
+    nhwc, _ = _one_step_trainer(channels_last=True)
+    assert not plain.channels_last and nhwc.channels_last
+    assert nhwc.model.res_se.levels[0][0].conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    a, b = plain.train_epoch(data, 0), nhwc.train_epoch(data, 0)
+    assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_trainer_compile_failure_trains_eagerly(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda fn: (lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom"))))
+    trainer, data = _one_step_trainer(compile=True)
+    with pytest.warns(UserWarning, match="torch.compile of the training step failed"):
+        loss = trainer.train_epoch(data, 0)
+    assert loss > 0
