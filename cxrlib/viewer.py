@@ -119,3 +119,19 @@ def qualitative_figure(data, indices, final_model, *, encoder_model=None, baseli
         rows.append(row)
         titles.append(CLASS_NAMES[sample["label"]])
     return saliency_grid(images, rows, titles=titles)
+
+
+def mtunet_baseline(config):
+    """The MT-UNet baseline that ``cxrlib ablate`` (notebook 07) trains at this run's model seed,
+    or None if it has not been trained; the run folder comes from the config, never a literal."""
+    from cxrlib import ablation, stages
+
+    folder = ablation.variant_dir(config.run_dir, "mtunet", config.seed) / "joint"
+    return stages.trained_model(config, folder.relative_to(config.run_dir).as_posix(), model_name="mtunet",
+                                required=False)
+
+
+def class_examples(data, per_class: int) -> list[int]:
+    """The first ``per_class`` indices of each class in ``data``, class by class."""
+    labels = [data[i]["label"] for i in range(len(data))]
+    return [i for k in range(len(CLASS_NAMES)) for i in [j for j, y in enumerate(labels) if y == k][:per_class]]
