@@ -39,6 +39,9 @@ def history_summary(history, metrics=SHOWN_METRICS) -> str:
         values = _finite(history, key)
         if not len(values) or not np.isfinite(values).any():
             continue
+        if n == 1:
+            lines.append(f"{key.replace('_', ' ')} {values[0]:.4f} after the only epoch (nothing to compare with yet)")
+            continue
         change = values[-1] - values[0]
         trend = "fell" if change < 0 else "rose" if change > 0 else "stayed"
         pct = f" ({abs(change) / abs(values[0]):.0%})" if values[0] else ""
@@ -52,6 +55,9 @@ def history_summary(history, metrics=SHOWN_METRICS) -> str:
     for key in metrics:
         values = _finite(history, key)
         if not len(values) or not np.isfinite(values).any():
+            continue
+        if n == 1:
+            lines.append(f"{key.removeprefix('val_')} on validation: {values[0]:.3f} after the only epoch")
             continue
         pick = np.nanargmin if key in LOWER_IS_BETTER else np.nanargmax
         best = int(pick(values))
