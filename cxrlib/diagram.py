@@ -94,6 +94,8 @@ def draw_network(stage: str, image_size, *, trained=None, base_width: int = 64,
             raise ValueError(f"unknown stage {stage!r}; stages: {sorted(STAGES)}")
         trained = STAGES[stage][0]
     trained = set(trained)
+    if stage == "stage1b":  # its "classifier" is a Linear(1920 -> 3) on DenseNet, not the fusion head
+        trained.discard("classifier")
     unknown = trained - set(_COLOURS)
     if unknown:
         raise ValueError(f"unknown part(s) {sorted(unknown)}; parts: {list(_COLOURS)}")

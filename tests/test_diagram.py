@@ -44,6 +44,7 @@ def _faces(fig):
 
 @pytest.mark.parametrize("stage, trained", [
     ("stage1a", {"densenet"}),
+    ("stage1b", {"densenet"}),  # its linear head is not the fusion classifier
     ("stage2", {"res_se", "decoder", "saliency_head"}),
     ("stage3", {"classifier"}),
 ])
