@@ -267,7 +267,7 @@ def scoreboard_figure(df: pd.DataFrame):
             top = float(values.quantile(0.95)) * 1.1
             if values.max() > top:
                 ax.set_xlim(left=min(0.0, float(values.min())), right=top)
-                ax.set_title(f"kld (lower is better)\n{int((values > top).sum())} points beyond {top:.1f}",
+                ax.set_title(f"kld (lower is better)\n{int((values > top).sum())} point(s) beyond {top:.1f} not shown",
                              fontsize=9)
         ax.set_xlabel("")
         ax.set_ylabel("")
