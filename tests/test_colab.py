@@ -260,3 +260,17 @@ def test_install_cell_does_nothing_outside_colab(monkeypatch):
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("pip ran outside Colab"))
     exec(install_cell_source(), {})
+
+
+def test_sync_rewrites_a_fork_url_into_install_cell_and_badge(tmp_path):
+    copy = tmp_path / "04_stage2_saliency.ipynb"
+    copy.write_text((ROOT / "notebooks" / "04_stage2_saliency.ipynb").read_text())
+    fork = "https://github.com/student/my-fork"
+    assert colab.sync_notebooks([copy], url=fork) == [copy]
+    cells = json.loads(copy.read_text())["cells"]
+    assert check_install_cell("".join(cells[1]["source"]), url=fork) == []
+    assert "https://colab.research.google.com/github/student/my-fork/blob/main/notebooks/" in "".join(cells[0]["source"])
+    assert REPO_URL not in copy.read_text()
+    assert colab.sync_notebooks([copy], url=fork) == []  # nothing left to change
+    with pytest.raises(ValueError, match="github.com"):
+        colab.sync_notebooks([copy], url="https://gitlab.com/student/my-fork")
