@@ -28,9 +28,10 @@ from torch import nn
 from cxrlib import distributed, losses
 from cxrlib.data import EGDDataset, collate, load_or_make_splits, read_master_sheet, split_ids
 from cxrlib.data.augment import random_view
+from cxrlib.data.prepare import prepare_cache
 from cxrlib.model import DenseNetClassifier, DualEncoderMTUNet, build_model
 from cxrlib.runtime import default_device, seed_everything
-from cxrlib.train import BEST, CachedFeatures, Trainer, load_init, precompute, warn_missing_init
+from cxrlib.train import BEST, CachedFeatures, Trainer, feature_dtype, load_init, precompute, warn_missing_init
 
 # Which parts of the upstream checkpoint each stage takes (None: all parts of the model).
 INIT_PARTS = {"stage1b": ("densenet",), "stage2": ("densenet",), "stage3": None, "explain": None}
@@ -44,6 +45,7 @@ class DataBundle:
     splits: object  # DataFrame: dicom_id, patient_id, label, split
     egd_root: Path
     image_root: Path
+    prepared: dict | None = None  # what building the sample cache did (cxrlib.data.prepare)
 
 
 def ensure_data(config, *, progress: bool = True) -> tuple[Path, Path]:
@@ -84,7 +86,9 @@ def prepare_data(config, *, progress: bool = True) -> DataBundle:
     kwargs = dataset_kwargs(config)
     sets = {name: EGDDataset(egd_root, image_root, ids=split_ids(splits, name), **kwargs)
             for name in ("train", "val", "test")}
-    return DataBundle(sets["train"], sets["val"], sets["test"], splits, egd_root, image_root)
+    with distributed.main_first():  # the first pass decodes every image, in parallel, once
+        prepared = prepare_cache(sets.values(), workers=config.num_workers, progress=progress and distributed.is_main())
+    return DataBundle(sets["train"], sets["val"], sets["test"], splits, egd_root, image_root, prepared)
 
 
 def checkpoint_path(config, stage: str | None = None) -> Path:
@@ -196,7 +200,7 @@ def with_frozen_densenet(model, data, config, *, progress=True):
     device = next(model.parameters()).device
     feats = precompute(lambda b: {f"dense_{k}": v for k, v in model.densenet(b["image"]).items()},
                        data, batch_size=config.eval_batch_size, device=device, collate_fn=collate,
-                       progress=progress, desc="frozen DenseNet features")
+                       progress=progress, desc="frozen DenseNet features", store_dtype=feature_dtype(config, device))
     return CachedFeatures(data, feats)
 
 
