@@ -47,10 +47,13 @@ def benchmark_loader(*, n_images: int = 60, image_size=(320, 256), egd_root=None
             return EGDDataset(egd_root, image_root or egd_root, image_size=image_size, cache_dir=cache, ids=ids, **sigma)
 
         cold: dict[int, list[float]] = {w: [] for w in workers}
+        cores: dict[int, list[float]] = {w: [] for w in workers}
         for r in range(rounds):
             for w in (workers if r % 2 == 0 else workers[::-1]):
                 cache = Path(tmp) / f"cache-{r}-{w}"
-                cold[w].append(prepare_cache([fresh(cache)], workers=w, progress=False)["samples_per_s"])
+                built = prepare_cache([fresh(cache)], workers=w, progress=False)
+                cold[w].append(built["samples_per_s"])
+                cores[w].append(built["cores_used"])
         ds = fresh(cache)  # the last cache, complete
         n = len(ds)
         for i in range(n):
@@ -69,7 +72,7 @@ def benchmark_loader(*, n_images: int = 60, image_size=(320, 256), egd_root=None
     result = {"images": n, "image_size": tuple(image_size), "native_shape": tuple(native),
               "transfer_syntax": transfer_syntax if synthetic else "as found",
               "cold_samples_per_s": {w: float(np.median(v)) for w, v in cold.items()},
-              "cold_rounds": cold, "warm_samples_per_s": warm, "checksum_ms_per_entry": checksum_ms,
+              "cold_rounds": cold, "cores_used": cores, "warm_samples_per_s": warm, "checksum_ms_per_entry": checksum_ms,
               "cache_bytes_per_entry": entry_bytes}
     one = result["cold_samples_per_s"][min(workers)]
     result["speed_up"] = warm / one  # warm against cold, both on one core
@@ -80,7 +83,9 @@ def benchmark_loader(*, n_images: int = 60, image_size=(320, 256), egd_root=None
               f"{image_size[0]}x{image_size[1]}; cache entry {entry_bytes / 1e6:.2f} MB")
         for w, v in cold.items():
             print(f"  cold (decode, {w} worker{'s' if w != 1 else ''}): {np.median(v):.2f} samples/s "
-                  f"(rounds: {', '.join(f'{x:.2f}' for x in v)})")
+                  f"(rounds: {', '.join(f'{x:.2f}' for x in v)}; CPU cores the decoding got: "
+                  f"{', '.join(f'{x:.2f}' for x in cores[w])}; {np.median(cores[w]) / np.median(v):.2f} CPU s "
+                  f"per sample)")
         if len(workers) > 1:
             print(f"  {workers[-1]} workers / {workers[0]}: " + ", ".join(f"{x:.2f}x" for x in result["worker_ratios"])
                   + " per round")

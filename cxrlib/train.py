@@ -367,6 +367,7 @@ class Trainer:
                 if main:
                     print(f"{self.config.stage}: early stop after epoch {epoch + 1} ({stale} epochs without improvement)")
                 break
+        self._loaders.clear()  # ends the persistent loader workers of this stage
         self.load_best()
         if main:
             self._write_history()

@@ -256,3 +256,23 @@ def test_half_precision_features_change_nothing_under_autocast():
                         device="cpu", collate_fn=lambda s: {"x": torch.stack([i["x"] for i in s])},
                         progress=False, store_dtype=torch.bfloat16)
     assert stored["f"].dtype == torch.bfloat16 and stored["f"].shape == (4, 3)
+
+
+def test_cli_prepare_builds_then_keeps_the_cache(tmp_path, capsys):
+    args = ["prepare", "--profile", "smoke", "-p", "run_dir", str(tmp_path), "-p", "synthetic_images", "9",
+            "--workers", "2", "--no-progress"]
+    assert cli(args) == 0
+    assert "9 images, 0 already cached, 9 built" in capsys.readouterr().out
+    assert cli(args) == 0
+    assert "9 images, 9 already cached, 0 built" in capsys.readouterr().out
+
+
+def test_bench_data_reports_cold_per_worker_count_and_a_warm_pass_ten_times_faster(capsys):
+    from cxrlib.bench_pipeline import benchmark_loader
+
+    result = benchmark_loader(n_images=4, image_size=(64, 64), native_shape=(256, 224), transfer_syntax="jpeg2000",
+                              workers=(1, 2), rounds=1)
+    assert set(result["cold_samples_per_s"]) == {1, 2} and result["native_shape"] == (256, 224)
+    assert result["speed_up"] >= 10  # with the checksum verified on every read
+    out = capsys.readouterr().out
+    assert "cold (decode, 1 worker)" in out and "cold (decode, 2 workers)" in out and "warm (cache, checksum" in out

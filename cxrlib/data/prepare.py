@@ -40,9 +40,11 @@ def _init_worker(datasets) -> None:
     _DATASETS[:] = datasets
 
 
-def _build(which: int, index: int) -> None:
-    """Compute and cache one sample in a worker."""
+def _build(which: int, index: int) -> float:
+    """Compute and cache one sample in a worker; return the CPU seconds it took."""
+    started = time.process_time()
     _DATASETS[which].load(index)
+    return time.process_time() - started
 
 
 def prepare_cache(datasets, *, workers: int | None = None, progress: bool = True,
@@ -51,7 +53,8 @@ def prepare_cache(datasets, *, workers: int | None = None, progress: bool = True
 
     ``workers``: processes that decode (None: :func:`default_workers`; 0: in this process).
     Returns counts and timing: ``images``, ``cached_before`` (entries kept from an earlier,
-    possibly interrupted build), ``built``, ``seconds``, ``samples_per_s`` (of the built ones).
+    possibly interrupted build), ``built``, ``seconds``, ``samples_per_s`` (of the built ones),
+    ``cpu_seconds`` (of the decoding processes) and ``cores_used`` (CPU over wall seconds).
     """
     datasets = [d for d in datasets if d.cache.root is not None]
     workers = default_workers() if workers is None else int(workers)
@@ -72,9 +75,12 @@ def prepare_cache(datasets, *, workers: int | None = None, progress: bool = True
         return result
     bar = _bar(len(todo), desc=f"{desc} ({workers or 'no'} worker{'s' if workers != 1 else ''})", enabled=progress)
     started = time.perf_counter()
+    cpu = 0.0
     if workers == 0:
         for which, index in todo:
+            cpu -= time.process_time()
             datasets[which].load(index)
+            cpu += time.process_time()
             bar.update(1)
     else:
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=_init_worker,
@@ -82,7 +88,7 @@ def prepare_cache(datasets, *, workers: int | None = None, progress: bool = True
             futures = [pool.submit(_build, which, index) for which, index in todo]
             try:
                 for future in as_completed(futures):
-                    future.result()  # a worker's error (e.g. an undecodable file) is raised here
+                    cpu += future.result()  # a worker's error (e.g. an undecodable file) is raised here
                     bar.update(1)
             except BaseException:  # Ctrl-C or an error: stop handing out work; entries written stay
                 for future in futures:
@@ -91,6 +97,9 @@ def prepare_cache(datasets, *, workers: int | None = None, progress: bool = True
     bar.close()
     result["seconds"] = time.perf_counter() - started
     result["samples_per_s"] = len(todo) / result["seconds"]
+    # CPU seconds of the decoding over wall seconds: how many cores the build really got (on a
+    # machine shared with other work, fewer than the workers)
+    result["cpu_seconds"], result["cores_used"] = cpu, cpu / result["seconds"]
     return result
 
 
