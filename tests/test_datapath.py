@@ -4,6 +4,7 @@ cache, the parallel resumable prepare, the trainer's loaders and half-precision 
 import os
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -276,3 +277,45 @@ def test_bench_data_reports_cold_per_worker_count_and_a_warm_pass_ten_times_fast
     assert result["speed_up"] >= 10  # with the checksum verified on every read
     out = capsys.readouterr().out
     assert "cold (decode, 1 worker)" in out and "cold (decode, 2 workers)" in out and "warm (cache, checksum" in out
+
+
+def test_a_killed_prepare_leaves_valid_entries_and_no_workers(root, tmp_path):
+    """kill -9 of a parallel build: its workers stop soon after, and the next build keeps every entry."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cache = tmp_path / "cache"
+    script = tmp_path / "build.py"
+    script.write_text(
+        "import time\n"
+        "from cxrlib.data import EGDDataset\n"
+        "from cxrlib.data.prepare import prepare_cache\n"
+        "original = EGDDataset._compute\n"
+        "def slow(self, index):\n"
+        "    time.sleep(0.4)  # a full-size decode, in miniature\n"
+        "    return original(self, index)\n"
+        "EGDDataset._compute = slow\n"
+        f"ds = EGDDataset({str(root)!r}, image_size=(64, 64), sigma_frac=0.025, cache_dir={str(cache)!r})\n"
+        "prepare_cache([ds], workers=2, progress=False)\n")
+    import cxrlib
+
+    here = str(Path(cxrlib.__file__).resolve().parents[1])  # this checkout's cxrlib in the child too
+    build = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": here})
+    deadline = time.monotonic() + 120
+    while len(SampleCache(cache).entries()) < 2 and time.monotonic() < deadline and build.poll() is None:
+        time.sleep(0.05)
+    build.send_signal(signal.SIGKILL)
+    build.wait()
+    time.sleep(2.5)  # the workers notice within 0.5 s; a sample in flight takes 0.4 s more
+    kept = len(SampleCache(cache).entries())
+    time.sleep(1.5)
+    assert len(SampleCache(cache).entries()) == kept  # nobody is writing any more
+    assert 2 <= kept < 9
+    result = prepare_cache([dataset(root, cache)], workers=2, progress=False)
+    assert (result["cached_before"], result["built"]) == (kept, 9 - kept)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every entry the killed build wrote is whole
+        ds = dataset(root, cache)
+        assert all(torch.equal(ds[i]["image"], dataset(root, None)[i]["image"]) for i in range(len(ds)))

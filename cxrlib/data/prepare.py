@@ -14,6 +14,7 @@ writer are removed at the start.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -38,6 +39,14 @@ def _init_worker(datasets) -> None:
 
     torch.set_num_threads(1)  # one process per core: intra-op threads would only oversubscribe
     _DATASETS[:] = datasets
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose build was killed (kill -9 leaves it waiting on its queue forever) exits."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _build(which: int, index: int) -> float:
