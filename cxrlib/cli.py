@@ -7,6 +7,12 @@ import sys
 
 
 def _synth(args) -> int:
+    if args.format == "reflacx":
+        from cxrlib.synthetic_reflacx import make_reflacx_like
+
+        out = make_reflacx_like(args.out_dir, n_images=args.n_images, seed=args.seed, overwrite=args.overwrite)
+        print(f"synthetic REFLACX-format data set in {out} (reflacx_root = reflacx_image_root = this folder)")
+        return 0
     from cxrlib.synthetic import make_egd_like
 
     try:
@@ -131,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxrlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("synth", help="write the synthetic EGD-format data set")
+    p = sub.add_parser("synth", help="write a synthetic data set (EGD-CXR or REFLACX format)")
     p.add_argument("out_dir")
     p.add_argument("--n-images", type=_positive_int, default=300)
     p.add_argument("--seed", type=int, default=0)
@@ -140,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every image exactly H x W pixels, e.g. 3000 2500 as MIMIC-CXR (default: heights 320-448)")
     p.add_argument("--transfer-syntax", choices=("explicit", "jpeg2000", "jpegls"), default="explicit",
                    help="pixel data uncompressed (explicit little endian) or lossless JPEG 2000 / JPEG-LS")
+    p.add_argument("--format", choices=("egd", "reflacx"), default="egd",
+                   help="egd: EGD-CXR layout (default); reflacx: REFLACX layout, several readers per image")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("prepare", help="build the sample cache in parallel before training (resumable)")
@@ -184,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_ablate)
 
-    sub.add_parser("bench", help="model throughput and memory (cxrlib bench --help for its options)")
+    sub.add_parser("bench", help="network or per-stage throughput and memory (cxrlib bench --help for its options)")
 
     p = sub.add_parser("bench-data", help="loader samples/s, cold (decode, per worker count) and warm (cache)")
     p.add_argument("--n-images", type=int, default=60)
@@ -207,10 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # its own parser (cxrlib.bench.main): hand over every option
-        from cxrlib import bench
+    if argv[:1] == ["bench"]:  # its own parser (cxrlib.bench.build_parser): hand over every option
+        from cxrlib import bench, bench_stages
 
-        return bench.main(argv[1:]) or 0
+        args = bench.build_parser().parse_args(argv[1:])
+        return (bench_stages.run_stages if args.stage else bench.run_models)(args)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

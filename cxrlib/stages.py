@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrlib import distributed, losses
+from cxrlib import distributed, losses, precision
 from cxrlib.data import EGDDataset, collate, load_or_make_splits, read_master_sheet, split_ids
 from cxrlib.data.augment import random_view
 from cxrlib.data.prepare import prepare_cache
 from cxrlib.model import DenseNetClassifier, DualEncoderMTUNet, build_model
 from cxrlib.runtime import default_device, seed_everything
-from cxrlib.train import BEST, CachedFeatures, Trainer, feature_dtype, load_init, precompute, warn_missing_init
+from cxrlib.train import BEST, CachedFeatures, Trainer, load_init, precompute, warn_missing_init
 
 # Which parts of the upstream checkpoint each stage takes (None: all parts of the model).
 INIT_PARTS = {"stage1b": ("densenet",), "stage2": ("densenet",), "stage3": None, "explain": None}
@@ -198,9 +198,12 @@ def with_frozen_densenet(model, data, config, *, progress=True):
     """Stage 2: the frozen DenseNet's outputs, computed once and served with each sample."""
     model.eval()
     device = next(model.parameters()).device
-    feats = precompute(lambda b: {f"dense_{k}": v for k, v in model.densenet(b["image"]).items()},
-                       data, batch_size=config.eval_batch_size, device=device, collate_fn=collate,
-                       progress=progress, desc="frozen DenseNet features", store_dtype=feature_dtype(config, device))
+    # in the step's precision: what the frozen part would compute inside the training step, and
+    # kept in it (half the host memory of float32 under autocast, the same values)
+    with precision.config_autocast(config, device):
+        feats = precompute(lambda b: {f"dense_{k}": v for k, v in model.densenet(b["image"]).items()},
+                           data, batch_size=config.eval_batch_size, device=device, collate_fn=collate,
+                           progress=progress, desc="frozen DenseNet features", keep_half=True)
     return CachedFeatures(data, feats)
 
 
@@ -208,10 +211,11 @@ def with_fused_features(model, data, config, *, progress=True):
     """Stage 3: the 1984-d fused vector of every sample, one forward pass instead of one per epoch."""
     model.eval()
     device = next(model.parameters()).device
-    feats = precompute(lambda b: {"fused": model.forward_head(model.forward_features(b["image"]), pre_logits=True),
-                                  "label": b["label"]},
-                       data, batch_size=config.eval_batch_size, device=device, collate_fn=collate,
-                       progress=progress, desc="frozen fused features")
+    with precision.config_autocast(config, device):
+        feats = precompute(lambda b: {"fused": model.forward_head(model.forward_features(b["image"]), pre_logits=True),
+                                      "label": b["label"]},
+                           data, batch_size=config.eval_batch_size, device=device, collate_fn=collate,
+                           progress=progress, desc="frozen fused features")
     return CachedFeatures(None, feats)  # the head needs no image: samples are the cached rows alone
 
 

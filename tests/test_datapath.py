@@ -253,10 +253,13 @@ def test_half_precision_features_change_nothing_under_autocast():
         results.append((out["loss"].detach(), [p.grad.clone() for p in model.res_se.parameters()]))
     assert torch.equal(results[0][0], results[1][0])
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
-    stored = precompute(lambda b: {"f": b["x"] * 1.1}, [{"x": torch.rand(3)} for _ in range(4)], batch_size=2,
-                        device="cpu", collate_fn=lambda s: {"x": torch.stack([i["x"] for i in s])},
-                        progress=False, store_dtype=torch.bfloat16)
-    assert stored["f"].dtype == torch.bfloat16 and stored["f"].shape == (4, 3)
+    data = [{"x": torch.rand(3)} for _ in range(4)]
+    kept, upcast = (precompute(lambda b: {"half": (b["x"] * 1.1).bfloat16(), "full": b["x"] * 1.1}, data,
+                               batch_size=2, device="cpu", collate_fn=lambda s: {"x": torch.stack([i["x"] for i in s])},
+                               progress=False, keep_half=keep) for keep in (True, False))
+    assert kept["half"].dtype == torch.bfloat16 and kept["half"].shape == (4, 3)
+    assert kept["full"].dtype == upcast["half"].dtype == upcast["full"].dtype == torch.float32
+    assert torch.equal(kept["half"].float(), upcast["half"]) and torch.equal(kept["full"], upcast["full"])
 
 
 def test_cli_prepare_builds_then_keeps_the_cache(tmp_path, capsys):
