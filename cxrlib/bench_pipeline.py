@@ -1,7 +1,8 @@
 """Benchmarks of the data path and of frozen-feature reuse (``cxrlib bench-data``, ``bench-reuse``).
 
 * Loader: samples/s of a cold pass (decode DICOM, build the gaze map, resample, write the cache)
-  against a warm pass (read the cache), on the synthetic set or a real EGD folder.
+  with 1 and 2 decoding processes, against a warm pass (read the cache, checksum verified), on
+  the synthetic set (also full-size JPEG 2000 files) or a real EGD folder.
 * Reuse: seconds per epoch of stage 2 and head-only stage 3 with the frozen parts' outputs
   computed once against recomputed every step (``reuse_frozen_features``), and their ratio.
 """
@@ -10,34 +11,86 @@ from __future__ import annotations
 
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 
 def benchmark_loader(*, n_images: int = 60, image_size=(320, 256), egd_root=None, image_root=None,
-                     seed: int = 0, print_result: bool = True) -> dict:
-    """Cold and warm samples/s over ``n_images`` images (a fresh cache folder, deleted after)."""
+                     seed: int = 0, native_shape=None, transfer_syntax: str = "explicit", workers=(1, 2),
+                     rounds: int = 2, print_result: bool = True) -> dict:
+    """Cold samples/s per number of decoding workers, and warm samples/s, over ``n_images`` images.
+
+    Cold: ``prepare_cache`` into a fresh cache folder (decode, gaze map, resample, checksum,
+    write) with each worker count in ``workers``, alternating the order over ``rounds`` so that
+    a machine shared with other work disturbs every count alike. Warm: one process reads every
+    sample back through the data set (checksum verified), as each epoch after the first does.
+    The synthetic set (``native_shape``, ``transfer_syntax``) or the cache folders are deleted after.
+    """
+    import numpy as np
+
     from cxrlib.data import EGDDataset
+    from cxrlib.data.prepare import prepare_cache
     from cxrlib.synthetic import make_egd_like
 
+    synthetic = egd_root is None
     with tempfile.TemporaryDirectory(prefix="cxrlib-bench-") as tmp:
-        if egd_root is None:
-            egd_root = image_root = make_egd_like(Path(tmp) / "egd", n_images=n_images, seed=seed, progress=False)
+        if synthetic:
+            egd_root = image_root = make_egd_like(Path(tmp) / "egd", n_images=n_images, seed=seed, progress=False,
+                                                  native_shape=native_shape, transfer_syntax=transfer_syntax)
             sigma = {"sigma_frac": 0.025}
         else:
             sigma = {}
-        ds = EGDDataset(egd_root, image_root or egd_root, image_size=image_size, cache_dir=Path(tmp) / "cache", **sigma)
-        n = min(n_images, len(ds))
-        result = {"images": n, "image_size": tuple(image_size)}
-        for name in ("cold", "warm"):
-            started = time.perf_counter()
-            for i in range(n):
-                ds[i]
-            result[f"{name}_samples_per_s"] = n / (time.perf_counter() - started)
-    result["speed_up"] = result["warm_samples_per_s"] / result["cold_samples_per_s"]
+
+        def fresh(cache):
+            ds = EGDDataset(egd_root, image_root or egd_root, image_size=image_size, cache_dir=cache, **sigma)
+            ids = ds.sheet["dicom_id"].tolist()[:n_images]
+            return EGDDataset(egd_root, image_root or egd_root, image_size=image_size, cache_dir=cache, ids=ids, **sigma)
+
+        cold: dict[int, list[float]] = {w: [] for w in workers}
+        cores: dict[int, list[float]] = {w: [] for w in workers}
+        for r in range(rounds):
+            for w in (workers if r % 2 == 0 else workers[::-1]):
+                cache = Path(tmp) / f"cache-{r}-{w}"
+                built = prepare_cache([fresh(cache)], workers=w, progress=False)
+                cold[w].append(built["samples_per_s"])
+                cores[w].append(built["cores_used"])
+        ds = fresh(cache)  # the last cache, complete
+        n = len(ds)
+        for i in range(n):
+            ds.key(i)  # hashed once per data set, at its first epoch
+        started = time.perf_counter()
+        for i in range(n):
+            ds[i]
+        warm = n / (time.perf_counter() - started)
+        blobs = [p.read_bytes() for p in ds.cache.entries()]
+        started = time.perf_counter()
+        for blob in blobs:
+            zlib.crc32(blob)
+        checksum_ms = 1000 * (time.perf_counter() - started) / len(blobs)
+        native = ds.load(0)["native_shape"].tolist()
+        entry_bytes = ds.cache.disk_bytes() / len(blobs)
+    result = {"images": n, "image_size": tuple(image_size), "native_shape": tuple(native),
+              "transfer_syntax": transfer_syntax if synthetic else "as found",
+              "cold_samples_per_s": {w: float(np.median(v)) for w, v in cold.items()},
+              "cold_rounds": cold, "cores_used": cores, "warm_samples_per_s": warm, "checksum_ms_per_entry": checksum_ms,
+              "cache_bytes_per_entry": entry_bytes}
+    one = result["cold_samples_per_s"][min(workers)]
+    result["speed_up"] = warm / one  # warm against cold, both on one core
+    if len(workers) > 1:
+        result["worker_ratios"] = [b / a for a, b in zip(cold[workers[0]], cold[workers[-1]])]
     if print_result:
-        print(f"loader, {n} images at {image_size[0]}x{image_size[1]}: cold (decode) "
-              f"{result['cold_samples_per_s']:.1f} samples/s, warm (cache) {result['warm_samples_per_s']:.1f} "
-              f"samples/s, {result['speed_up']:.1f}x")
+        print(f"loader, {n} images of {native[0]}x{native[1]} ({result['transfer_syntax']}) to "
+              f"{image_size[0]}x{image_size[1]}; cache entry {entry_bytes / 1e6:.2f} MB")
+        for w, v in cold.items():
+            print(f"  cold (decode, {w} worker{'s' if w != 1 else ''}): {np.median(v):.2f} samples/s "
+                  f"(rounds: {', '.join(f'{x:.2f}' for x in v)}; CPU cores the decoding got: "
+                  f"{', '.join(f'{x:.2f}' for x in cores[w])}; {np.median(cores[w]) / np.median(v):.2f} CPU s "
+                  f"per sample)")
+        if len(workers) > 1:
+            print(f"  {workers[-1]} workers / {workers[0]}: " + ", ".join(f"{x:.2f}x" for x in result["worker_ratios"])
+                  + " per round")
+        print(f"  warm (cache, checksum verified): {warm:.1f} samples/s, {result['speed_up']:.0f}x the cold pass "
+              f"of {min(workers)} worker; the CRC-32 takes {checksum_ms:.2f} ms of each entry's read")
     return result
 
 

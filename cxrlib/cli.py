@@ -1,4 +1,4 @@
-"""The ``cxrlib`` command: ``synth``, ``run``, ``train``, ``ablate``, ``bench``, ``bench-data``, ``bench-reuse``."""
+"""The ``cxrlib`` command: ``synth``, ``prepare``, ``run``, ``train``, ``ablate``, ``bench``, ``bench-data``, ``bench-reuse``."""
 
 from __future__ import annotations
 
@@ -15,9 +15,45 @@ def _synth(args) -> int:
         return 0
     from cxrlib.synthetic import make_egd_like
 
-    out = make_egd_like(args.out_dir, n_images=args.n_images, seed=args.seed, overwrite=args.overwrite)
+    try:
+        out = make_egd_like(args.out_dir, n_images=args.n_images, seed=args.seed, overwrite=args.overwrite,
+                            native_shape=args.native_size, transfer_syntax=args.transfer_syntax)
+    except (ValueError, RuntimeError, FileExistsError) as err:
+        print(f"cxrlib synth: {err}", file=sys.stderr)
+        return 2
     print(f"synthetic EGD-format data set in {out} (egd_root = image_root = this folder)")
     return 0
+
+
+def _prepare(args) -> int:
+    """The sample cache of every stage of a profile (each image size once), built in parallel."""
+    from cxrlib import stages
+    from cxrlib.config import make_config
+    from cxrlib.run import parse_value
+
+    params = {name: parse_value(value) for name, value in (args.param or [])}
+    if args.workers is not None:
+        params["num_workers"] = args.workers
+    done = set()
+    for stage in args.stages:
+        config = make_config(stage, args.profile, **params)  # a wrong parameter fails before any work
+        kwargs = stages.dataset_kwargs(config)
+        if repr(kwargs) in done:
+            continue
+        done.add(repr(kwargs))
+        data = stages.prepare_data(config, progress=not args.no_progress)
+        r = data.prepared
+        print(f"{stage} ({config.image_size[0]}x{config.image_size[1]}): {r['images']} images, "
+              f"{r['cached_before']} already cached, {r['built']} built in {r['seconds']:.1f} s "
+              f"with {r['workers']} worker(s); cache {kwargs['cache_dir']}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _run(args) -> int:
@@ -85,7 +121,8 @@ def _bench_data(args) -> int:
     from cxrlib.bench_pipeline import benchmark_loader
 
     benchmark_loader(n_images=args.n_images, image_size=tuple(args.image_size), egd_root=args.egd_root,
-                     image_root=args.image_root)
+                     image_root=args.image_root, native_shape=args.native_size, transfer_syntax=args.transfer_syntax,
+                     workers=tuple(args.workers), rounds=args.rounds)
     return 0
 
 
@@ -104,12 +141,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic data set (EGD-CXR or REFLACX format)")
     p.add_argument("out_dir")
-    p.add_argument("--n-images", type=int, default=300)
+    p.add_argument("--n-images", type=_positive_int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--native-size", type=_positive_int, nargs=2, metavar=("H", "W"),
+                   help="every image exactly H x W pixels, e.g. 3000 2500 as MIMIC-CXR (default: heights 320-448)")
+    p.add_argument("--transfer-syntax", choices=("explicit", "jpeg2000", "jpegls"), default="explicit",
+                   help="pixel data uncompressed (explicit little endian) or lossless JPEG 2000 / JPEG-LS")
     p.add_argument("--format", choices=("egd", "reflacx"), default="egd",
                    help="egd: EGD-CXR layout (default); reflacx: REFLACX layout, several readers per image")
     p.set_defaults(func=_synth)
+
+    p = sub.add_parser("prepare", help="build the sample cache in parallel before training (resumable)")
+    p.add_argument("--profile", choices=("smoke", "demo", "paper"), default="demo")
+    p.add_argument("--stages", nargs="+", choices=("stage1a", "stage1b", "stage2", "stage3"),
+                   default=["stage1a", "stage1b", "stage2", "stage3"], help="whose image sizes to cache (default: all)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: one per CPU core, at most 8)")
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="a config field, e.g. -p egd_root /data/egd-cxr/1.0.0 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_prepare)
 
     p = sub.add_parser("run", help="execute the notebooks in order with papermill")
     p.add_argument("--profile", choices=("smoke", "demo", "paper"), default="demo")
@@ -146,11 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", help="network or per-stage throughput and memory (cxrlib bench --help for its options)")
 
-    p = sub.add_parser("bench-data", help="loader samples/s, cold (decode) and warm (cache)")
+    p = sub.add_parser("bench-data", help="loader samples/s, cold (decode, per worker count) and warm (cache)")
     p.add_argument("--n-images", type=int, default=60)
     p.add_argument("--image-size", type=int, nargs=2, default=(320, 256))
     p.add_argument("--egd-root")
     p.add_argument("--image-root")
+    p.add_argument("--native-size", type=_positive_int, nargs=2, metavar=("H", "W"),
+                   help="synthetic images exactly H x W, e.g. 3000 2500 (default: the small synthetic ones)")
+    p.add_argument("--transfer-syntax", choices=("explicit", "jpeg2000", "jpegls"), default="explicit")
+    p.add_argument("--workers", type=_positive_int, nargs="+", default=[1, 2], help="decoding processes to compare")
+    p.add_argument("--rounds", type=_positive_int, default=2, help="cold passes per worker count, alternated")
     p.set_defaults(func=_bench_data)
 
     p = sub.add_parser("bench-reuse", help="epoch time with and without frozen-feature reuse")

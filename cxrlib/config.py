@@ -56,7 +56,7 @@ class StageConfig:
     resize: str = "pad_resize"
     seed: int = 0
     device: str | None = None  # None: cuda, then mps, then cpu
-    num_workers: int = 0
+    num_workers: int | None = None  # None: decode with every core; DataLoader workers on CUDA only
     densenet_arch: str = "densenet201"
     pretrained: bool | str = False
     base_width: int = 64
@@ -102,7 +102,7 @@ class DataConfig(StageConfig):
 
     stage: typing.ClassVar[str] = "data"
     inapplicable: typing.ClassVar[frozenset] = _TRAINING_FIELDS | {
-        "pretrained", "densenet_arch", "base_width", "device", "num_workers", "eval_batch_size", "n_boot"}
+        "pretrained", "densenet_arch", "base_width", "device", "eval_batch_size", "n_boot"}
     examples_per_class: int = 2
 
 
@@ -191,7 +191,8 @@ _SYNTHETIC = {"sigma_frac": 0.025}  # 75.5 px of a ~3000 px MIMIC image, for any
 
 PROFILE_DEFAULTS = {
     "smoke": {
-        "common": {**_SYNTHETIC, "synthetic_images": 48, "image_size": (64, 64), "base_width": 8,
+        # num_workers 0: CI's tiny images decode in milliseconds, so worker start-up would cost more
+        "common": {**_SYNTHETIC, "synthetic_images": 48, "image_size": (64, 64), "base_width": 8, "num_workers": 0,
                    "epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2, "eval_batch_size": 8,
                    "n_boot": 50, "examples_per_class": 1},
         "stage3": {"finetune_epochs": 1},

@@ -34,6 +34,7 @@ from cxrlib import distributed
 from cxrlib.config import (ContrastiveConfig, DataConfig, EncoderConfig, ExplainConfig, ExternalConfig, FusionConfig,
                            JointConfig, ResultsConfig, SaliencyConfig, load_config, make_config)
 from cxrlib.data import EGDDataset, collate, load_or_make_splits, read_master_sheet, split_ids
+from cxrlib.data.prepare import prepare_cache
 from cxrlib.model import build_model
 from cxrlib.runtime import default_device, seed_everything
 from cxrlib.steps import (ce_step, contrastive_extra, contrastive_step, fusion_step, joint_extra, joint_step,
@@ -49,6 +50,7 @@ class DataBundle:
     splits: object  # DataFrame: dicom_id, patient_id, label, split
     egd_root: Path
     image_root: Path
+    prepared: dict | None = None  # what building the sample cache did (cxrlib.data.prepare)
 
 
 def ensure_data(config, *, progress: bool = True) -> tuple[Path, Path]:
@@ -89,7 +91,9 @@ def prepare_data(config, *, progress: bool = True) -> DataBundle:
     kwargs = dataset_kwargs(config)
     sets = {name: EGDDataset(egd_root, image_root, ids=split_ids(splits, name), **kwargs)
             for name in ("train", "val", "test")}
-    return DataBundle(sets["train"], sets["val"], sets["test"], splits, egd_root, image_root)
+    with distributed.main_first():  # the first pass decodes every image, in parallel, once
+        prepared = prepare_cache(sets.values(), workers=config.num_workers, progress=progress and distributed.is_main())
+    return DataBundle(sets["train"], sets["val"], sets["test"], splits, egd_root, image_root, prepared)
 
 
 def checkpoint_path(config, stage: str | None = None) -> Path:

@@ -94,11 +94,12 @@ def with_frozen_densenet(model, data, config, *, progress=True):
     """Stage 2: the frozen DenseNet's outputs, computed once and served with each sample."""
     model.eval()
     device = next(model.parameters()).device
-    # in the step's precision: what the frozen part would compute inside the training step
+    # in the step's precision: what the frozen part would compute inside the training step, and
+    # kept in it (half the host memory of float32 under autocast, the same values)
     with precision.config_autocast(config, device):
         feats = precompute(lambda b: {f"dense_{k}": v for k, v in model.densenet(b["image"]).items()},
                            data, batch_size=config.eval_batch_size, device=device, collate_fn=collate,
-                           progress=progress, desc="frozen DenseNet features")
+                           progress=progress, desc="frozen DenseNet features", keep_half=True)
     return CachedFeatures(data, feats)
 
 

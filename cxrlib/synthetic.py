@@ -39,15 +39,19 @@ same points on a 1920x1080 screen where the image is fitted keeping its aspect r
 
 from __future__ import annotations
 
+import os
 import pathlib
+import shutil
+import uuid
 
 import numpy as np
 import pandas as pd
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, generate_uid
 from tqdm.auto import tqdm
 
 from cxrlib import synthetic_anatomy as anatomy
+from cxrlib.data.cache import process_alive
 
 SCREEN = (1920, 1080)  # width, height of the simulated reading display
 LABEL_COLUMNS = ("Normal", "CHF", "pneumonia")
@@ -59,6 +63,10 @@ INDICATIONS = ("___F with shortness of breath", "___M with cough and fever, eval
                "___M with dyspnea, r/o pneumonia", "___F with chest pain",
                "___M with hypoxia", "___F with leg swelling and dyspnea", "Preop chest x-ray")
 SURVEY_ZONES = ("upper", "middle", "lower")
+DATASET_ENTRIES = ("master_sheet.csv", "eye_gaze.csv", "fixations.csv", "files")  # what a set consists of
+# How the pixel data are stored. MIMIC-CXR's DICOMs are mostly JPEG 2000; every option is lossless,
+# so the loader sees the same pixels whatever the choice.
+TRANSFER_SYNTAXES = {"explicit": ExplicitVRLittleEndian, "jpeg2000": JPEG2000Lossless, "jpegls": JPEGLSLossless}
 
 
 def display_fit(h: int, w: int, screen=SCREEN) -> dict:
@@ -158,9 +166,10 @@ def _gaze_frame(dicom_id: str, g: dict, ids: np.ndarray, fit: dict) -> pd.DataFr
 
 
 def write_dicom(path: pathlib.Path, img: np.ndarray, info: dict) -> None:
-    """Store a [0, 1] image (bright = dense) as an uncompressed DICOM with MIMIC-like quirks.
+    """Store a [0, 1] image (bright = dense) as a 16-bit DICOM with MIMIC-like quirks.
 
-    ``info`` gives bits_stored, (slope, intercept), photometric, modality, view and the ids. The
+    ``info`` gives bits_stored, (slope, intercept), photometric, modality, view, the ids and
+    optionally ``transfer_syntax`` (a key of ``TRANSFER_SYNTAXES``; default uncompressed). The
     stored values are chosen so that a reader which applies the rescale, then inverts MONOCHROME1,
     sees the same anatomy whatever the encoding.
     """
@@ -187,6 +196,9 @@ def write_dicom(path: pathlib.Path, img: np.ndarray, info: dict) -> None:
     ds.set_pixel_data(stored, info["photometric"], bits, generate_instance_uid=False)
     ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, icpt, "US"
     ds.WindowCenter, ds.WindowWidth = round(top / 2, 1), round(top, 1)
+    syntax = TRANSFER_SYNTAXES[info.get("transfer_syntax", "explicit")]
+    if syntax != ExplicitVRLittleEndian:
+        ds.compress(syntax, generate_instance_uid=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
 
@@ -216,20 +228,29 @@ def _plan(rng: np.random.Generator, n_images: int, repeat_frac: float):
 
 
 def make_egd_like(out_dir, *, n_images: int = 300, seed: int = 0, native_size=(320, 448),
+                  native_shape=None, transfer_syntax: str = "explicit",
                   repeat_patient_frac: float = 0.06, monochrome1_frac: float = 0.3,
                   reading_seconds=(8.0, 14.0), gaze_hz: float = 60.0, offscreen_frac: float = 0.03,
                   overwrite: bool = False, progress: bool = True) -> pathlib.Path:
     """Write a synthetic EGD-CXR-format data set into ``out_dir`` and return it.
 
     ``native_size`` is the range of image heights in pixels; widths are 0.78-0.95 of the height.
-    Same ``seed``: byte-identical CSVs and identical pixel arrays. With ``overwrite=True`` files
-    are written over; other files already in the folder are left alone (the master sheet lists
-    what belongs to the data set).
+    ``native_shape`` (H, W), if given, makes every image exactly that size instead (MIMIC-CXR's
+    are about 3000x2500). ``transfer_syntax``: ``explicit`` (uncompressed), ``jpeg2000`` or
+    ``jpegls`` (lossless; encoding needs pylibjpeg-openjpeg or pyjpegls).
+    Same ``seed``: byte-identical CSVs and identical pixel arrays. The set is written into a
+    temporary folder beside ``out_dir`` and renamed into place at the end, so no reader ever
+    sees a half-written set. With ``overwrite=True`` an existing set is replaced; other files in
+    the folder are kept.
     """
     out = pathlib.Path(out_dir)
+    _check_arguments(n_images=n_images, native_size=native_size, native_shape=native_shape,
+                     transfer_syntax=transfer_syntax, repeat_patient_frac=repeat_patient_frac,
+                     monochrome1_frac=monochrome1_frac, reading_seconds=reading_seconds, gaze_hz=gaze_hz,
+                     offscreen_frac=offscreen_frac)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty; choose an empty folder or pass overwrite=True")
-    out.mkdir(parents=True, exist_ok=True)
+    final, out = out, _temporary_folder(out)
     rng = np.random.default_rng([seed, 0])
     labels, patient = _plan(rng, n_images, repeat_patient_frac)
     n_pat = int(patient.max()) + 1
@@ -254,7 +275,9 @@ def make_egd_like(out_dir, *, n_images: int = 300, seed: int = 0, native_size=(3
             body_rng = np.random.default_rng([seed, 2, pid])
             p = patients[pid] = anatomy.draw_patient(body_rng, int(labels[k]))
         h = int(r.integers(native_size[0], native_size[1] + 1))
-        acq = anatomy.draw_acquisition(r, h, round(h * r.uniform(0.78, 0.95)))
+        w = round(h * r.uniform(0.78, 0.95))  # drawn in any case: native_shape leaves the streams as they are
+        h, w = (h, w) if native_shape is None else (int(native_shape[0]), int(native_shape[1]))
+        acq = anatomy.draw_acquisition(r, h, w)
         img = anatomy.render(p, acq, r)
         fix, samples = simulate_reading(r, p, acq, reading_seconds=reading_seconds,
                                         gaze_hz=gaze_hz, offscreen_frac=offscreen_frac)
@@ -264,7 +287,7 @@ def make_egd_like(out_dir, *, n_images: int = 300, seed: int = 0, native_size=(3
         write_dicom(out / rel, img, dict(
             bits=int(r.choice([12, 14, 16])), rescale=RESCALE[rescale[k]],
             range_frac=r.uniform(0.7, 1.0), modality=str(r.choice(["CR", "DX"])),
-            photometric="MONOCHROME1" if mono1[k] else "MONOCHROME2",
+            photometric="MONOCHROME1" if mono1[k] else "MONOCHROME2", transfer_syntax=transfer_syntax,
             view=view, sop_uid=_uid(seed, dicom_id, "sop"),
             series_uid=_uid(seed, dicom_id, "series"), study_uid=_uid(seed, dicom_id, "study"),
             patient_number=pid, patient_id=pat_id, study_id=study_id, sex=str(sex[pid]),
@@ -288,4 +311,64 @@ def make_egd_like(out_dir, *, n_images: int = 300, seed: int = 0, native_size=(3
     pd.DataFrame(rows).to_csv(out / "master_sheet.csv", index=False)
     pd.concat(gaze, ignore_index=True).to_csv(out / "eye_gaze.csv", index=False)
     pd.concat(fixations, ignore_index=True).to_csv(out / "fixations.csv", index=False)
-    return out
+    _move_into_place(out, final)
+    return final
+
+
+def _temporary_folder(final: pathlib.Path) -> pathlib.Path:
+    """A new folder beside ``final`` to write into; folders that killed writers left are removed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.*.tmp"):
+        pid = stale.name[len(final.name) + 2:].split(".")[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    return tmp
+
+
+def _move_into_place(tmp: pathlib.Path, final: pathlib.Path) -> None:
+    """Rename the finished set onto ``final``. An old folder is renamed aside, then deleted,
+    after its files that are not part of a data set have moved into the new one."""
+    old = None
+    if final.exists():
+        for entry in final.iterdir():
+            if entry.name not in DATASET_ENTRIES:
+                os.replace(entry, tmp / entry.name)
+        old = final.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_arguments(*, n_images, native_size, native_shape, transfer_syntax, repeat_patient_frac,
+                     monochrome1_frac, reading_seconds, gaze_hz, offscreen_frac) -> None:
+    """Every argument's range, with its name, before anything is written."""
+    def fail(name, value, wanted):
+        raise ValueError(f"make_egd_like: parameter {name!r} must be {wanted}, got {value!r}")
+
+    if isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer)) or n_images < 1:
+        fail("n_images", n_images, "a whole number of at least 1")
+    if len(native_size) != 2 or not 64 <= native_size[0] <= native_size[1]:
+        fail("native_size", native_size, "a range of heights (low, high) with 64 <= low <= high")
+    if native_shape is not None and (len(native_shape) != 2 or min(native_shape) < 64):
+        fail("native_shape", native_shape, "(height, width), each at least 64 pixels")
+    if transfer_syntax not in TRANSFER_SYNTAXES:
+        fail("transfer_syntax", transfer_syntax, f"one of {sorted(TRANSFER_SYNTAXES)}")
+    if transfer_syntax != "explicit":
+        from pydicom.pixels import get_encoder
+
+        encoder = get_encoder(TRANSFER_SYNTAXES[transfer_syntax])
+        if not encoder.is_available:
+            raise RuntimeError(f"make_egd_like: transfer_syntax {transfer_syntax!r} cannot be written here: "
+                               f"pydicom has no encoder for it installed ({'; '.join(encoder.missing_dependencies)})."
+                               f" Install one, or choose another transfer syntax")
+    for name, value in (("repeat_patient_frac", repeat_patient_frac), ("monochrome1_frac", monochrome1_frac),
+                        ("offscreen_frac", offscreen_frac)):
+        if not 0 <= value < 1 and not (name == "monochrome1_frac" and value == 1):
+            fail(name, value, "a fraction in [0, 1)")
+    if len(reading_seconds) != 2 or not 2.0 <= reading_seconds[0] <= reading_seconds[1]:
+        fail("reading_seconds", reading_seconds, "a range (low, high) of seconds with 2 <= low <= high")
+    if not gaze_hz > 0:
+        fail("gaze_hz", gaze_hz, "a positive sampling rate in Hz")

@@ -163,6 +163,8 @@ class Trainer:
         self.best_val = math.inf
         self.start_epoch = 0
         self.ddp = self._wrap_ddp(find_unused_parameters) if distributed.is_distributed() else None
+        self._loaders: dict = {}  # (data set, shuffle) -> (data set, DataLoader); see _loader
+        self.epoch_images, self.epoch_train_seconds = 0, 0.0  # of the last train_epoch, for images/s
 
     def _wrap_ddp(self, find_unused_parameters: bool) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
@@ -180,17 +182,37 @@ class Trainer:
 
     # -- data ------------------------------------------------------------------------------
     def _loader(self, data: Dataset, *, shuffle: bool, epoch: int = 0) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-        batch = self.config.batch_size if shuffle else self.config.eval_batch_size
-        sampler = None
-        if shuffle and distributed.is_distributed():  # batch_size is per process
-            sampler = DistributedSampler(data, shuffle=True, seed=self.config.seed)
-            sampler.set_epoch(epoch)
-        n = len(data) if sampler is None else sampler.num_samples
-        return DataLoader(data, batch_size=batch, shuffle=shuffle and sampler is None, sampler=sampler,
-                          generator=generator, num_workers=self.config.num_workers, collate_fn=self.collate_fn,
-                          drop_last=shuffle and n > batch,
-                          pin_memory=self.device.type == "cuda")
+        """The DataLoader of ``data``, built once and kept, so its worker processes persist
+        across epochs; each epoch only sets the sampler's epoch.
+
+        The order of an epoch depends on (seed, epoch) alone, never on what ran before, so a
+        resumed run sees the batches an uninterrupted one would, with any number of workers
+        (samples are deterministic: augmentation happens in the step, in this process).
+        Batches go to pinned memory on CUDA, so ``to_device``'s copies do not block.
+        """
+        # Subset objects made anew each epoch (sharded validation) share one loader.
+        key = (id(data.dataset), data.indices) if isinstance(data, Subset) and isinstance(data.indices, range) \
+            else id(data)
+        key = (key, shuffle)
+        if key not in self._loaders:
+            batch = self.config.batch_size if shuffle else self.config.eval_batch_size
+            sampler = None
+            if shuffle:  # batch_size is per process under torchrun
+                sampler = DistributedSampler(data, shuffle=True, seed=self.config.seed) \
+                    if distributed.is_distributed() else EpochShuffle(len(data), self.config.seed)
+            n = len(data) if sampler is None else len(sampler)
+            workers = loader_workers(self.config, self.device)
+            # A private generator: a DataLoader without one draws its workers' base seed from the
+            # global RNG, which would shift every later dropout mask.
+            loader = DataLoader(data, batch_size=batch, sampler=sampler, collate_fn=self.collate_fn,
+                                drop_last=shuffle and n > batch, num_workers=workers,
+                                persistent_workers=workers > 0, generator=torch.Generator().manual_seed(self.config.seed),
+                                pin_memory=self.device.type == "cuda")
+            self._loaders[key] = (data, loader)  # data kept alive: its id stays unique
+        loader = self._loaders[key][1]
+        if loader.sampler is not None and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        return loader
 
     # -- checkpoints -----------------------------------------------------------------------
     def _state(self, epoch: int) -> dict:
@@ -234,12 +256,13 @@ class Trainer:
         self.extra.train()
         loader = self._loader(data, shuffle=True, epoch=epoch)
         n_steps = len(loader) if self.config.max_steps_per_epoch is None else min(len(loader), self.config.max_steps_per_epoch)
-        total, count = 0.0, 0
+        total, count, images, started = 0.0, 0, 0, time.perf_counter()
         bar = _progress(loader, total=n_steps, desc=f"{self.config.stage} epoch {epoch + 1}/{self.config.epochs}",
                         enabled=self.progress)
         for step, batch in enumerate(bar):
             if step >= n_steps:
                 break
+            images += len(batch["label"]) if "label" in batch else 0
             batch = to_device(batch, self.device, channels_last=self.channels_last)
             loss = self._forward(batch, train=True)["loss"]
             if not torch.isfinite(loss):
@@ -251,6 +274,8 @@ class Trainer:
             total, count = total + loss.item(), count + 1
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{total / count:.4f}")
+        # loss.item() above waits for the device, so this is the loop's real pace (data + steps)
+        self.epoch_images, self.epoch_train_seconds = images, time.perf_counter() - started
         if distributed.is_distributed():
             distributed.broadcast_buffers(self.ddp)  # rank 0's BatchNorm statistics, as DDP's next forward would
             total, count = distributed.sum_across(total, count)  # the mean over every rank's steps
@@ -330,6 +355,7 @@ class Trainer:
             self.scheduler.step(val["val_loss"])
             improved = val["val_loss"] < self.best_val
             row = {"epoch": epoch + 1, "train_loss": train_loss, **val,
+                   "train_images_per_s": self.epoch_images / max(self.epoch_train_seconds, 1e-9),
                    "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
                    "improved": bool(improved)}
             self.history.append(row)
@@ -349,6 +375,7 @@ class Trainer:
                     print(f"{self.config.stage}: early stop after epoch {epoch + 1} "
                           f"({self.config.early_stopping} epochs without improvement)")
                 break
+        self._loaders.clear()  # ends the persistent loader workers of this stage
         if self.history:  # how the stage ended, read by whoever asks whether it is complete
             self.history[-1]["end"] = "early_stop" if early_stop(self.history, self.config.early_stopping) else "epochs"
         self.load_best()
@@ -426,22 +453,65 @@ def load_init(model: nn.Module, source, *, parts=None) -> list[str]:
     return list(parts)
 
 
+def loader_workers(config, device: torch.device) -> int:
+    """DataLoader worker processes: ``config.num_workers``, else one per core (at most 8) on CUDA
+    and none elsewhere. On a CPU the model's own threads use every core, and reading a cached
+    sample takes well under a millisecond, so workers would only take cores from the model."""
+    from cxrlib.data.prepare import default_workers
+
+    if config.num_workers is not None:
+        if config.num_workers < 0:
+            raise ValueError(f"parameter 'num_workers' must be 0 or more, got {config.num_workers}")
+        return config.num_workers
+    return default_workers() if device.type == "cuda" else 0
+
+
+class EpochShuffle(torch.utils.data.Sampler):
+    """A random order of ``n`` indices that depends only on (seed, epoch); see Trainer._loader.
+
+    The draws are those of a per-epoch DataLoader with ``shuffle=True`` and a generator seeded
+    ``seed * 100003 + epoch`` (one draw for the worker seed, then the permutation), which the
+    trainer used before its loaders persisted, so earlier runs' orders are kept.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
 @torch.no_grad()
-def precompute(fn: Callable, data: Dataset, *, batch_size: int, device, collate_fn=None, progress=True, desc="features") -> dict:
+def precompute(fn: Callable, data: Dataset, *, batch_size: int, device, collate_fn=None, progress=True,
+               desc="features", keep_half: bool = False) -> dict:
     """Run ``fn(batch) -> {name: tensor}`` once over ``data``; return the stacked CPU tensors.
 
     Used for frozen-feature reuse: what frozen parts compute does not change between epochs.
+    Floating-point outputs become float32, except with ``keep_half``: outputs that ``fn``
+    produced in half precision (under autocast) are kept so, with the same values in half the
+    host memory. That suits features whose first use in the step casts them to the autocast
+    dtype anyway (stage 2's DenseNet features: upsampling, then a convolution).
     """
+    device = torch.device(device)
     # A private generator: a DataLoader without one draws its base seed from the global RNG,
     # which would shift every later dropout mask (and break reuse/no-reuse equivalence).
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
-                        generator=torch.Generator().manual_seed(0))
+                        generator=torch.Generator().manual_seed(0), pin_memory=device.type == "cuda")
     chunks: dict[str, list] = {}
     for batch in _progress(loader, total=len(loader), desc=desc, enabled=progress):
         out = fn(to_device(batch, device))
         for k, v in out.items():
-            v = v.detach().cpu()
-            chunks.setdefault(k, []).append(v.float() if v.is_floating_point() else v)  # AMP halves -> float32
+            if v.is_floating_point() and not (keep_half and v.dtype in (torch.bfloat16, torch.float16)):
+                v = v.float()
+            chunks.setdefault(k, []).append(v.detach().cpu())
     return {k: torch.cat(v) for k, v in chunks.items()}
 
 

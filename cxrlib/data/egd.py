@@ -193,18 +193,29 @@ class EGDDataset(Dataset):
             "native_shape": np.asarray(native.shape, dtype=np.int64),
         }
 
-    def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} samples")
-        dicom_id = self.sheet["dicom_id"].iloc[index]
+    def key(self, index: int) -> str:
+        """The cache key of sample ``index`` (hashed once per data set instance: files do not
+        change under a run)."""
         key = self._keys.get(index)
-        if key is None:  # hashing is per data set instance: files do not change under a run
-            gaze = self.gaze[dicom_id]
+        if key is None:
+            gaze = self.gaze[self.sheet["dicom_id"].iloc[index]]
             key = self._keys[index] = sample_key(self.image_paths[index], self.params, gaze.xy, gaze.weight)
+        return key
+
+    def load(self, index: int) -> dict:
+        """The preprocessed arrays of sample ``index``: from the cache, else computed and cached."""
+        key = self.key(index)
         arrays = self.cache.get(key)
         if arrays is None:
             arrays = self._compute(index)
             self.cache.put(key, arrays)
+        return arrays
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        dicom_id = self.sheet["dicom_id"].iloc[index]
+        arrays = self.load(index)
         return {
             "image": torch.from_numpy(arrays["image"].astype(np.float32) / 65535.0)[None],
             "saliency": torch.from_numpy(arrays["saliency"].copy())[None],
