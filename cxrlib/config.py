@@ -61,6 +61,14 @@ class StageConfig:
     reuse_frozen_features: bool = True
     eval_batch_size: int = 16
     n_boot: int = 1000
+    # Fidelity switches (docs/reproduction-notes.md says which default reproduces what).
+    synthetic_difficulty: float = 0.8  # 0: every class signature at full strength; 1: hardest
+    intensity: str = "minmax"  # "max": divide by the maximum after the resize (the code)
+    modality_lut: bool = True  # False: the raw pixel_array as stored (the code), no inversion
+    eval_split: str = "test"  # "val": the code's protocol (optimistic: val also picked the checkpoint)
+    shuffle: bool = True  # training batches in random order (the code's Module/ and baseline/: False)
+    drop_last: bool = True  # drop the last partial training batch (the code keeps it)
+    kld_eps: float = 2.2204e-16  # the KLD metric's eps (benchmark); 0: exact KL as F.kl_div (the code)
 
     stage: typing.ClassVar[str] = "common"
 
@@ -94,6 +102,8 @@ class ContrastiveConfig(StageConfig):
     loss: str = "triplet"  # triplet (paper code) | supcon | ntxent
     margin: float = 1.0
     temperature: float = 0.07
+    triplet_feature: str = "map"  # map: unpooled denseblock4 (the code) | pooled: GAP(denseblock4)
+    triplet_reduction: str = "sum"  # sum over triplets (the code) | mean
 
 
 @dataclass
@@ -102,6 +112,7 @@ class EncoderConfig(StageConfig):
 
     stage: typing.ClassVar[str] = "stage1b"
     init_from: str | None = "stage1a"
+    linear_probe: bool = False  # True: DenseNet frozen, only the Linear layer trains
 
 
 @dataclass
@@ -275,8 +286,10 @@ def _finalise(config):
         config.image_root = config.egd_root
     choices = {"gaze_source": ("eye_gaze", "fixations"), "weighting": ("count", "duration"),
                "resize": ("pad_resize", "stride"), "frozen_bn": ("eval", "train")}
+    choices.update(intensity=("minmax", "max"), eval_split=("test", "val"))
     if isinstance(config, ContrastiveConfig):
         choices["loss"] = ("triplet", "supcon", "ntxent")
+        choices.update(triplet_feature=("map", "pooled"), triplet_reduction=("sum", "mean"))
     if isinstance(config, FusionConfig):
         choices["mode"] = ("head", "joint")
     if isinstance(config, JointConfig):
@@ -288,6 +301,9 @@ def _finalise(config):
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
             raise ValueError(f"parameter {name!r} must be one of {allowed}, got {getattr(config, name)!r}")
+    if not 0 <= config.synthetic_difficulty <= 1 or config.kld_eps < 0:
+        raise ValueError(f"parameter 'synthetic_difficulty' must lie in [0, 1] and 'kld_eps' be >= 0, got "
+                         f"{config.synthetic_difficulty!r} and {config.kld_eps!r}")
     for name in ("epochs", "batch_size", "synthetic_images", "eval_batch_size"):
         if getattr(config, name) < 1:
             raise ValueError(f"parameter {name!r} must be at least 1, got {getattr(config, name)}")

@@ -58,10 +58,11 @@ def ensure_data(config, *, progress: bool = True) -> tuple[Path, Path]:
 
     root = Path(config.run_dir) / "synthetic"
     marker = root / "synthetic.json"
-    wanted = {"n_images": config.synthetic_images, "seed": config.data_seed}
+    wanted = {"n_images": config.synthetic_images, "seed": config.data_seed,
+              "difficulty": config.synthetic_difficulty}
     if not (marker.is_file() and json.loads(marker.read_text()) == wanted):
         make_egd_like(root, n_images=config.synthetic_images, seed=config.data_seed, overwrite=True,
-                      progress=progress)
+                      progress=progress, difficulty=config.synthetic_difficulty)
         marker.write_text(json.dumps(wanted))
     return root, root
 
@@ -69,7 +70,8 @@ def ensure_data(config, *, progress: bool = True) -> tuple[Path, Path]:
 def dataset_kwargs(config, image_size=None) -> dict:
     return {"image_size": image_size or config.image_size, "gaze_source": config.gaze_source,
             "sigma": config.sigma, "sigma_frac": config.sigma_frac, "weighting": config.weighting,
-            "resize": config.resize, "cache_dir": Path(config.run_dir) / "cache"}
+            "resize": config.resize, "cache_dir": Path(config.run_dir) / "cache",
+            "intensity": config.intensity, "modality_lut": config.modality_lut}
 
 
 def prepare_data(config, *, progress: bool = True) -> DataBundle:
@@ -133,7 +135,10 @@ def projection_head(in_features: int = 1920, hidden: int = 512, out: int = 128) 
 
 
 def contrastive_step(config):
-    """Stage 1a: the configured contrastive loss on GAP(denseblock4) (method.md section 3).
+    """Stage 1a: the configured contrastive loss on denseblock4 (method.md section 3).
+
+    The triplet loss takes the unpooled (B, 1920, h, w) map by default, as the paper's code does
+    (``triplet_feature="pooled"``: GAP, 1920-d); SupCon and NT-Xent take GAP(denseblock4).
 
     Under torchrun the training loss is formed on the batch of all ranks (every rank's negatives
     see the others'; gradients flow back through the all-gather, see ``cxrlib.distributed``);
@@ -145,9 +150,12 @@ def contrastive_step(config):
             views = [random_view(batch["image"]) for _ in range(2)]
             z = [extra["projection"](model(v)["embedding"]) for v in views]
             return {"loss": losses.nt_xent(z[0], z[1], temperature=config.temperature, gather=gather)}
-        embedding = model(batch["image"])["embedding"]  # (B, 1920)
         if config.loss == "triplet":
-            return {"loss": losses.triplet_all(embedding, batch["label"], margin=config.margin, gather=gather)}
+            feature = (model.forward_features(batch["image"])["bottleneck"] if config.triplet_feature == "map"
+                       else model(batch["image"])["embedding"])  # (B, 1920, h, w) or (B, 1920)
+            return {"loss": losses.triplet_all(feature, batch["label"], margin=config.margin,
+                                               reduction=config.triplet_reduction, gather=gather)}
+        embedding = model(batch["image"])["embedding"]  # (B, 1920)
         return {"loss": losses.supcon(embedding, batch["label"], temperature=config.temperature, gather=gather)}
     return step
 
@@ -238,6 +246,8 @@ def run_stage(config, data: DataBundle, *, model: nn.Module | None = None, progr
         init = initialise(model, config)
     model = model.to(_device(config))
     train_parts, make_step, reuse = STAGES[config.stage]
+    if config.stage == "stage1b" and config.linear_probe:  # DenseNet frozen (eval mode by frozen_bn)
+        train_parts = ("classifier",)
     extra = None
     if config.stage == "stage1a" and config.loss == "ntxent":
         extra = {"projection": projection_head(model.densenet.out_channels)}

@@ -218,14 +218,17 @@ def _plan(rng: np.random.Generator, n_images: int, repeat_frac: float):
 def make_egd_like(out_dir, *, n_images: int = 300, seed: int = 0, native_size=(320, 448),
                   repeat_patient_frac: float = 0.06, monochrome1_frac: float = 0.3,
                   reading_seconds=(8.0, 14.0), gaze_hz: float = 60.0, offscreen_frac: float = 0.03,
-                  overwrite: bool = False, progress: bool = True) -> pathlib.Path:
+                  overwrite: bool = False, progress: bool = True,
+                  difficulty: float = anatomy.DEFAULT_DIFFICULTY) -> pathlib.Path:
     """Write a synthetic EGD-CXR-format data set into ``out_dir`` and return it.
 
     ``native_size`` is the range of image heights in pixels; widths are 0.78-0.95 of the height.
     Same ``seed``: byte-identical CSVs and identical pixel arrays. With ``overwrite=True`` files
     are written over; other files already in the folder are left alone (the master sheet lists
-    what belongs to the data set).
+    what belongs to the data set). ``difficulty`` (0 to 1): how weak and overlapping the class
+    signatures are (`cxrlib.synthetic_anatomy`).
     """
+    difficulty = anatomy.check_difficulty(difficulty)
     out = pathlib.Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty; choose an empty folder or pass overwrite=True")
@@ -252,7 +255,7 @@ def make_egd_like(out_dir, *, n_images: int = 300, seed: int = 0, native_size=(3
             p = anatomy.restudy(r, patients[pid])
         else:
             body_rng = np.random.default_rng([seed, 2, pid])
-            p = patients[pid] = anatomy.draw_patient(body_rng, int(labels[k]))
+            p = patients[pid] = anatomy.draw_patient(body_rng, int(labels[k]), difficulty)
         h = int(r.integers(native_size[0], native_size[1] + 1))
         acq = anatomy.draw_acquisition(r, h, round(h * r.uniform(0.78, 0.95)))
         img = anatomy.render(p, acq, r)

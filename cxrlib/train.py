@@ -182,12 +182,14 @@ class Trainer:
         batch = self.config.batch_size if shuffle else self.config.eval_batch_size
         sampler = None
         if shuffle and distributed.is_distributed():  # batch_size is per process
-            sampler = DistributedSampler(data, shuffle=True, seed=self.config.seed)
+            sampler = DistributedSampler(data, shuffle=self.config.shuffle, seed=self.config.seed)
             sampler.set_epoch(epoch)
         n = len(data) if sampler is None else sampler.num_samples
-        return DataLoader(data, batch_size=batch, shuffle=shuffle and sampler is None, sampler=sampler,
+        # config.shuffle / drop_last False: the paper code's Module/ and baseline/ loaders (fidelity notes)
+        return DataLoader(data, batch_size=batch, shuffle=shuffle and sampler is None and self.config.shuffle,
+                          sampler=sampler,
                           generator=generator, num_workers=self.config.num_workers, collate_fn=self.collate_fn,
-                          drop_last=shuffle and n > batch,
+                          drop_last=shuffle and n > batch and self.config.drop_last,
                           pin_memory=self.device.type == "cuda")
 
     # -- checkpoints -----------------------------------------------------------------------
