@@ -201,7 +201,8 @@ PROFILE_DEFAULTS = {
     "paper": {
         "common": {"synthetic_images": 1083, "image_size": (640, 512), "pretrained": True, "base_width": 64,
                    "sigma": 75.5, "gaze_source": "eye_gaze", "plateau_patience": 40, "n_boot": 1000},
-        "stage1a": {"image_size": (320, 256), "epochs": 50, "batch_size": 32},
+        # the code validates stage 1a in batches of 32 too: with the summed triplet loss the batch matters
+        "stage1a": {"image_size": (320, 256), "epochs": 50, "batch_size": 32, "eval_batch_size": 32},
         "stage1b": {"epochs": 10, "batch_size": 16},
         "stage2": {"epochs": 50, "batch_size": 16},
         "stage3": {"epochs": 40, "batch_size": 6},
