@@ -59,17 +59,14 @@ def cc(pred, gt) -> float:
 def kld(pred, gt, eps: float = EPS) -> float:
     """KL(gt || pred) = sum gt * log(eps + gt / (pred + eps)), both normalised to sum 1.
 
-    The benchmark's KLdiv (Bylinskii et al. 2019), including its eps placement.
-    ``eps=0``: the exact ``sum gt * (log gt - log pred)`` with 0 log 0 = 0, which is what the
-    paper's code reports (``F.kl_div(log pred, gt, reduction="batchmean")`` on one image, in
-    ``MetricsHandle_Saliency.compute_prediction_report``); infinite where pred is 0 and gt is not.
+    The benchmark's KLdiv (Bylinskii et al. 2019), including its eps placement. ``eps=0``: the
+    exact ``sum gt (log gt - log pred)`` (0 log 0 = 0; inf where pred is 0 and gt is not), what the
+    paper's code reports (``F.kl_div(log pred, gt, reduction="batchmean")`` per image).
     Lower is better; 0 for identical maps. Negative or all-zero maps raise ValueError.
     """
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
     p, g = _pair(pred, gt)
     p, g = _to_distribution(p, "pred"), _to_distribution(g, "gt")
-    if eps == 0:
+    if eps <= 0:
         with np.errstate(divide="ignore"):
             return float((xlogy(g, g) - np.where(g > 0, g * np.log(p), 0.0)).sum())
     return float((g * np.log(eps + g / (p + eps))).sum())
