@@ -62,7 +62,7 @@ class StageConfig:
     eval_batch_size: int = 16
     n_boot: int = 1000
     # Fidelity switches (docs/reproduction-notes.md says which default reproduces what).
-    synthetic_difficulty: float = 0.8  # 0: every class signature at full strength; 1: hardest
+    synthetic_difficulty: float = 0.75  # 0: every class signature at full strength; 1: hardest
     intensity: str = "minmax"  # "max": divide by the maximum after the resize (the code)
     modality_lut: bool = True  # False: the raw pixel_array as stored (the code), no inversion
     eval_split: str = "test"  # "val": the code's protocol (optimistic: val also picked the checkpoint)

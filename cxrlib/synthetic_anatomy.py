@@ -30,7 +30,7 @@ from scipy.special import expit
 CTR_RANGE = {0: (0.42, 0.50), 1: (0.55, 0.68), 2: (0.42, 0.50)}  # label -> cardiothoracic ratio
 # At difficulty 1: CHF hearts from 0.48 (mild cardiomegaly), other hearts up to 0.52 (borderline).
 CTR_RANGE_HARD = {0: (0.42, 0.52), 1: (0.48, 0.60), 2: (0.42, 0.52)}
-DEFAULT_DIFFICULTY = 0.8  # the demo profile's calibration; config.StageConfig.synthetic_difficulty
+DEFAULT_DIFFICULTY = 0.75  # the demo profile's calibration; config.StageConfig.synthetic_difficulty
 
 
 def _lerp(easy, hard, difficulty: float):

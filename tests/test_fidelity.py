@@ -255,6 +255,25 @@ def test_difficulty_weakens_signatures_and_keeps_the_bodies():
     lo, hi = anatomy.ctr_range(1, 1.0), anatomy.ctr_range(0, 1.0)
     assert lo[0] < hi[1]  # borderline normals and mild cardiomegaly overlap when hard
     pneumonia = [i for i in range(60) if i % 3 == 2]
-    assert np.mean([hard[i]["lesion"]["amp"] for i in pneumonia]) < np.mean([easy[i]["lesion"]["amp"] for i in pneumonia])
+    amps = {name: np.mean([s[i]["lesion"]["amp"] for i in pneumonia]) for name, s in (("easy", easy), ("hard", hard))}
+    assert amps["hard"] < amps["easy"]
     with pytest.raises(ValueError, match="difficulty"):
         anatomy.draw_patient(np.random.default_rng(0), 0, 2.0)
+
+
+def test_make_egd_like_passes_the_difficulty_through(tmp_path):
+    from cxrlib.data import read_master_sheet
+    from cxrlib.synthetic import make_egd_like
+
+    easy = make_egd_like(tmp_path / "easy", n_images=6, seed=2, progress=False, difficulty=0.0)
+    hard = make_egd_like(tmp_path / "hard", n_images=6, seed=2, progress=False, difficulty=1.0)
+    sheets = [read_master_sheet(root / "master_sheet.csv") for root in (easy, hard)]
+    keys = ["dicom_id", "patient_id", "path", "label"]
+    pd.testing.assert_frame_equal(sheets[0][keys], sheets[1][keys])  # the same ids, patients and labels
+    is_chf = sheets[0]["label"] == 1
+    assert (sheets[1]["synthetic_ctr"][is_chf] < sheets[0]["synthetic_ctr"][is_chf]).all()  # milder cardiomegaly
+    chf = sheets[0][sheets[0]["label"] == 1]["path"].iloc[0]
+    pixels = [pydicom.dcmread(root / chf).pixel_array for root in (easy, hard)]
+    assert pixels[0].shape == pixels[1].shape and not np.array_equal(*pixels)
+    with pytest.raises(ValueError, match="difficulty"):
+        make_egd_like(tmp_path / "bad", n_images=6, progress=False, difficulty=1.5)
