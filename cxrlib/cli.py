@@ -7,6 +7,12 @@ import sys
 
 
 def _synth(args) -> int:
+    if args.format == "reflacx":
+        from cxrlib.synthetic_reflacx import make_reflacx_like
+
+        out = make_reflacx_like(args.out_dir, n_images=args.n_images, seed=args.seed, overwrite=args.overwrite)
+        print(f"synthetic REFLACX-format data set in {out} (reflacx_root = reflacx_image_root = this folder)")
+        return 0
     from cxrlib.synthetic import make_egd_like
 
     out = make_egd_like(args.out_dir, n_images=args.n_images, seed=args.seed, overwrite=args.overwrite)
@@ -60,7 +66,7 @@ def _ablate(args) -> int:
     for name in ("variants", "seeds", "run_dir"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
-    config = make_config("results", args.profile, train=not args.no_train, **params)
+    config = make_config("results", args.profile, train_missing=not args.no_train, **params)
     if args.plan:
         plan = ablation.plan(config)
         print(plan.to_string(index=False))
@@ -68,7 +74,7 @@ def _ablate(args) -> int:
         return 0
     ablation.run_ablation(config, progress=not args.no_progress)
     per_seed, per_image = results.collect(config.run_dir, config.variants, config.seeds)
-    summary = results.summarise(per_seed, per_image, reference=config.reference, n_boot=config.n_boot)
+    summary = results.compare_variants(per_seed, per_image, reference=config.reference, n_boot=config.n_boot)
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 60):
         print(results.results_table(summary).to_string())
         print(results.timing_table(config.run_dir, config.variants).round(1).to_string(index=False))
@@ -91,14 +97,18 @@ def _bench_reuse(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cxrlib.stages import TRAINABLE_STAGES  # the stage registry
+
     parser = argparse.ArgumentParser(prog="cxrlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("synth", help="write the synthetic EGD-format data set")
+    p = sub.add_parser("synth", help="write a synthetic data set (EGD-CXR or REFLACX format)")
     p.add_argument("out_dir")
     p.add_argument("--n-images", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--format", choices=("egd", "reflacx"), default="egd",
+                   help="egd: EGD-CXR layout (default); reflacx: REFLACX layout, several readers per image")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("run", help="execute the notebooks in order with papermill")
@@ -112,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run)
 
     p = sub.add_parser("train", help="train one stage (also under torchrun --nproc_per_node N -m cxrlib train)")
-    p.add_argument("--stage", choices=("stage1a", "stage1b", "stage2", "stage3"), required=True)
+    p.add_argument("--stage", choices=TRAINABLE_STAGES, required=True,
+                   help="joint: a one-stage baseline (-p model dual|mtunet|resse_unet)")
     p.add_argument("--profile", choices=("smoke", "demo", "paper"), default="demo")
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="a config field, e.g. -p epochs 3 -p run_dir runs/x (repeatable)")
@@ -133,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_ablate)
 
-    sub.add_parser("bench", help="model throughput and memory (cxrlib bench --help for its options)")
+    sub.add_parser("bench", help="network or per-stage throughput and memory (cxrlib bench --help for its options)")
 
     p = sub.add_parser("bench-data", help="loader samples/s, cold (decode) and warm (cache)")
     p.add_argument("--n-images", type=int, default=60)
@@ -151,10 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # its own parser (cxrlib.bench.main): hand over every option
-        from cxrlib import bench
+    if argv[:1] == ["bench"]:  # its own parser (cxrlib.bench.build_parser): hand over every option
+        from cxrlib import bench, bench_stages
 
-        return bench.main(argv[1:]) or 0
+        args = bench.build_parser().parse_args(argv[1:])
+        return (bench_stages.run_stages if args.stage else bench.run_models)(args)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

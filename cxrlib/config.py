@@ -22,7 +22,21 @@ import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from cxrlib.paths import repository_root
+from cxrlib.variants import VARIANTS, check_results_config
+
 PROFILES = ("smoke", "demo", "paper")
+DEFAULT_CAMS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")  # Score-CAM: on request (slow)
+
+
+# Fields of the training loop. A notebook that trains nothing rejects them (``inapplicable``):
+# ``lr`` on the data notebook is a mistake to report, not a setting to ignore.
+_TRAINING_FIELDS = frozenset({"epochs", "batch_size", "lr", "plateau_patience", "early_stopping", "max_steps_per_epoch",
+                              "amp", "amp_dtype", "channels_last", "compile", "activation_checkpointing",
+                              "sync_batchnorm", "resume", "init_from", "frozen_bn", "reuse_frozen_features",
+                              "shuffle", "drop_last"})
+# A notebook that reads a trained model names its upstream stage in ``init_from`` (colab.start checks it).
+_READS_A_MODEL = (_TRAINING_FIELDS - {"init_from"}) | {"pretrained"}
 
 
 @dataclass
@@ -54,6 +68,10 @@ class StageConfig:
     early_stopping: int = 0  # epochs without improvement before stopping; 0: never
     max_steps_per_epoch: int | None = None
     amp: bool | None = None  # None: on for CUDA only
+    amp_dtype: str = "auto"  # auto: bf16 on cards with native bf16 (compute capability >= 8.0), else fp16 + scaler
+    channels_last: bool | None = None  # None: on CUDA only (faster convolutions there, slower on the CPU)
+    compile: bool = False  # torch.compile the training step; falls back to eager with a warning
+    activation_checkpointing: bool = False  # recompute UNet levels in the backward pass: less memory, slower
     sync_batchnorm: bool = False  # under torchrun on CUDA: BatchNorm statistics over all GPUs
     resume: bool = False
     init_from: str | None = None  # a stage name in run_dir, or a checkpoint path
@@ -71,6 +89,7 @@ class StageConfig:
     kld_eps: float = 2.2204e-16  # the KLD metric's eps (benchmark); 0: exact KL as F.kl_div (the code)
 
     stage: typing.ClassVar[str] = "common"
+    inapplicable: typing.ClassVar[frozenset] = frozenset()  # fields this stage does not read
 
     @property
     def stage_dir(self) -> Path:
@@ -91,6 +110,9 @@ class DataConfig(StageConfig):
     """Notebook 01: data exploration."""
 
     stage: typing.ClassVar[str] = "data"
+    inapplicable: typing.ClassVar[frozenset] = _TRAINING_FIELDS | {
+        "pretrained", "densenet_arch", "base_width", "device", "num_workers", "eval_batch_size", "n_boot",
+        "eval_split", "kld_eps"}
     examples_per_class: int = 2
 
 
@@ -125,12 +147,13 @@ class SaliencyConfig(StageConfig):
 
 @dataclass
 class FusionConfig(StageConfig):
-    """Stage 3 (notebook 05): the fusion classifier, then (optionally) joint fine-tuning."""
+    """Stage 3 (notebook 05): the fusion classifier, then (``mode="finetune"``) every part for
+    ``finetune_epochs`` with the joint stage's uncertainty-weighted CE + KL."""
 
     stage: typing.ClassVar[str] = "stage3"
     init_from: str | None = "stage2"
-    mode: str = "head"  # head | joint
-    joint_epochs: int = 0
+    mode: str = "head"  # head | finetune
+    finetune_epochs: int = 0
     learn_saliency_sigma: bool = False
 
 
@@ -139,8 +162,9 @@ class ExplainConfig(StageConfig):
     """Notebook 06: saliency against Grad-CAM."""
 
     stage: typing.ClassVar[str] = "explain"
+    inapplicable: typing.ClassVar[frozenset] = _READS_A_MODEL
     init_from: str | None = "stage3"
-    cam_methods: tuple = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")
+    cam_methods: tuple = DEFAULT_CAMS
     examples_per_class: int = 2
     max_images: int | None = None
 
@@ -165,9 +189,11 @@ class ResultsConfig(StageConfig):
     """
 
     stage: typing.ClassVar[str] = "results"
-    variants: tuple = ("full", "joint", "no_contrastive", "no_fusion", "mtunet", "resse_unet", "densenet")
+    # the training fields are passed on to the variants' stages; these are not (``seeds`` varies the seed)
+    inapplicable: typing.ClassVar[frozenset] = frozenset({"seed", "init_from", "resume"})
+    variants: tuple = tuple(VARIANTS)  # every variant of cxrlib.variants
     seeds: tuple = (0, 1, 2)
-    train: bool = True  # False: only read the results that exist
+    train_missing: bool = True  # False: only read the results that exist
     reference: str = "full"  # the variant every other is tested against
 
 
@@ -181,8 +207,8 @@ PROFILE_DEFAULTS = {
         "common": {**_SYNTHETIC, "synthetic_images": 48, "image_size": (64, 64), "base_width": 8,
                    "epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2, "eval_batch_size": 8,
                    "n_boot": 50, "examples_per_class": 1},
-        "stage3": {"joint_epochs": 1},
-        "explain": {"max_images": 6, "cam_methods": ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")},
+        "stage3": {"finetune_epochs": 1},
+        "explain": {"max_images": 6},
         "results": {"seeds": (0,)},
     },
     "demo": {
@@ -196,11 +222,13 @@ PROFILE_DEFAULTS = {
         "joint": {"epochs": 10, "batch_size": 8},
         # notebook 07 only reads finished variants in `cxrlib run --profile demo` (which stays
         # within minutes); `cxrlib ablate --profile demo` trains them (about an hour on 2 cores).
-        "results": {"seeds": (0, 1, 2), "train": False},
+        "results": {"seeds": (0, 1, 2), "train_missing": False},
     },
     "paper": {
+        # activation checkpointing keeps every stage within a 16 GB T4 (README, "On a GPU")
         "common": {"synthetic_images": 1083, "image_size": (640, 512), "pretrained": True, "base_width": 64,
-                   "sigma": 75.5, "gaze_source": "eye_gaze", "plateau_patience": 40, "n_boot": 1000},
+                   "sigma": 75.5, "gaze_source": "eye_gaze", "plateau_patience": 40, "n_boot": 1000,
+                   "activation_checkpointing": True},
         # the code validates stage 1a in batches of 32 too: with the summed triplet loss the batch matters
         "stage1a": {"image_size": (320, 256), "epochs": 50, "batch_size": 32, "eval_batch_size": 32},
         "stage1b": {"epochs": 10, "batch_size": 16},
@@ -208,20 +236,9 @@ PROFILE_DEFAULTS = {
         "stage3": {"epochs": 40, "batch_size": 6},
         "explain": {"batch_size": 6},
         "joint": {"epochs": 50, "batch_size": 6},
-        "results": {"seeds": (0, 1, 2), "train": False},
+        "results": {"seeds": (0, 1, 2), "train_missing": False},
     },
 }
-
-
-def repository_root() -> Path:
-    """The checkout holding this package (editable install), else the working directory."""
-    here = Path(__file__).resolve().parent.parent
-    if (here / "pyproject.toml").is_file() and (here / "notebooks").is_dir():
-        return here
-    for parent in [Path.cwd(), *Path.cwd().parents]:
-        if (parent / "pyproject.toml").is_file() and (parent / "cxrlib").is_dir():
-            return parent
-    return Path.cwd()
 
 
 def _check_type(name: str, value, annotation):
@@ -261,8 +278,13 @@ def make_config(stage: str, profile: str = "smoke", **params):
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise TypeError(
-            f"unknown parameter(s) {unknown} for {cls.__name__} ({stage}); valid parameters: {', '.join(valid)}"
+            f"unknown parameter(s) {unknown} for {cls.__name__} ({stage}); valid parameters: "
+            f"{', '.join(parameter_names(stage))}"
         )
+    unused = sorted(set(params) & cls.inapplicable)
+    if unused:
+        raise TypeError(f"parameter(s) {unused} do not apply to {cls.__name__} ({stage}), which does not read "
+                        f"them; valid parameters: {', '.join(parameter_names(stage))}")
     merged = {}
     defaults = PROFILE_DEFAULTS[profile]
     for source in (defaults.get("common", {}), defaults.get(stage, {})):
@@ -286,18 +308,17 @@ def _finalise(config):
     if config.egd_root is not None and config.image_root is None:
         config.image_root = config.egd_root
     choices = {"gaze_source": ("eye_gaze", "fixations"), "weighting": ("count", "duration"),
-               "resize": ("pad_resize", "stride"), "frozen_bn": ("eval", "train")}
+               "resize": ("pad_resize", "stride"), "frozen_bn": ("eval", "train"),
+               "amp_dtype": ("auto", "bf16", "fp16")}
     choices.update(intensity=("minmax", "max"), eval_split=("test", "val"))
     if isinstance(config, ContrastiveConfig):
         choices["loss"] = ("triplet", "supcon", "ntxent")
         choices.update(triplet_feature=("map", "pooled"), triplet_reduction=("sum", "mean"))
     if isinstance(config, FusionConfig):
-        choices["mode"] = ("head", "joint")
+        choices["mode"] = ("head", "finetune")
     if isinstance(config, JointConfig):
         choices["model"] = ("dual", "mtunet", "resse_unet")
     if isinstance(config, ResultsConfig):
-        from cxrlib.ablation import check_results_config  # the variant registry lives there
-
         check_results_config(config)
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
@@ -338,4 +359,41 @@ def load_config(path):
 
 
 def parameter_names(stage: str) -> list[str]:
-    return [f.name for f in fields(STAGE_CONFIGS[stage])]
+    """The parameters a stage's notebook (and ``make_config``) accepts: its fields minus ``inapplicable``."""
+    cls = STAGE_CONFIGS[stage]
+    return [f.name for f in fields(cls) if f.name not in cls.inapplicable]
+
+
+@dataclass
+class ExternalConfig(StageConfig):
+    """Notebook 08: the stage-3 model on REFLACX (another eye tracker, five other radiologists),
+    beside the centre bias and the inter-reader ceiling (``cxrlib.external``).
+
+    ``reflacx_root`` None: a synthetic REFLACX-format set in the run folder. ``label_mapping``
+    None: saliency only; ``"certainty"``: the rule in ``cxrlib.data.reflacx.LABEL_MAPPINGS``.
+    """
+
+    stage: typing.ClassVar[str] = "external"
+    inapplicable: typing.ClassVar[frozenset] = _READS_A_MODEL
+    init_from: str | None = "stage3"
+    reflacx_root: str | None = None  # folder holding main_data/ (reflacx-xray-localization/1.0.0)
+    reflacx_image_root: str | None = None  # MIMIC-CXR(-JPG) root holding files/p10/...; None: image_root
+    reflacx_phases: tuple = (1, 2, 3)
+    label_mapping: str | None = None
+    min_readers: int = 2  # readers an image needs to enter the inter-reader ceiling
+    synthetic_reflacx_images: int = 40
+    example_image: str | None = None  # dicom_id of the readers figure; None: the most-read image
+
+    def __post_init__(self):
+        if self.label_mapping is not None and self.label_mapping not in ("none", "certainty"):
+            raise ValueError(f"parameter 'label_mapping' must be None, 'none' or 'certainty', got {self.label_mapping!r}")
+        if self.min_readers < 2:
+            raise ValueError(f"parameter 'min_readers' must be at least 2 (a ceiling needs other readers), got {self.min_readers}")
+        if not set(self.reflacx_phases) <= {1, 2, 3}:
+            raise ValueError(f"parameter 'reflacx_phases' must be a subset of (1, 2, 3), got {self.reflacx_phases!r}")
+
+
+STAGE_CONFIGS[ExternalConfig.stage] = ExternalConfig
+PROFILE_DEFAULTS["smoke"]["external"] = {"synthetic_reflacx_images": 8}
+PROFILE_DEFAULTS["demo"]["external"] = {"synthetic_reflacx_images": 40}
+PROFILE_DEFAULTS["paper"]["external"] = {"synthetic_reflacx_images": 40}

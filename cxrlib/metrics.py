@@ -18,6 +18,8 @@ from scipy.special import xlogy
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score, roc_curve
 
+from cxrlib import CLASS_NAMES
+
 EPS = 2.2204e-16  # MATLAB's eps, as in the benchmark code
 
 
@@ -156,16 +158,17 @@ def fixation_map_from_points(points, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def centre_bias_map(shape: tuple[int, int], sigma_frac: float = 0.25) -> np.ndarray:
+def centre_bias_map(shape: tuple[int, int], width_frac: float = 0.25) -> np.ndarray:
     """Centre-bias baseline: an image-centred Gaussian, summing to 1 (float64, (H, W)).
 
     The standard "centre prior" baseline of saliency benchmarks (Bylinskii et al. 2019): the
     score a model gets from predicting "the middle of the image" alone. Anisotropic:
-    ``sigma_y = sigma_frac * H``, ``sigma_x = sigma_frac * W``, centre at ((H-1)/2, (W-1)/2).
+    ``sigma_y = width_frac * H``, ``sigma_x = width_frac * W``, centre at ((H-1)/2, (W-1)/2)
+    (``width_frac``, not the gaze maps' ``sigma_frac``: a different Gaussian).
     """
     h, w = shape
-    y = (np.arange(h) - (h - 1) / 2) / (sigma_frac * h)
-    x = (np.arange(w) - (w - 1) / 2) / (sigma_frac * w)
+    y = (np.arange(h) - (h - 1) / 2) / (width_frac * h)
+    x = (np.arange(w) - (w - 1) / 2) / (width_frac * w)
     g = np.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2))
     return g / g.sum()
 
@@ -231,7 +234,7 @@ def _scores_labels(probs, labels) -> tuple[np.ndarray, np.ndarray]:
 
 
 def classification_scores(
-    probs, labels, class_names: Sequence[str] = ("Normal", "CHF", "Pneumonia")
+    probs, labels, class_names: Sequence[str] = CLASS_NAMES
 ) -> dict:
     """Diagnosis metrics of method.md, section 6, from softmax scores (N, C) and labels (N,).
 

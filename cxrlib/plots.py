@@ -161,22 +161,64 @@ def saliency_grid(images, rows: list[dict], titles=None):
 
 
 def save_figure(fig, name: str, config) -> "Path | None":
-    """Write a deliberate figure to ``figures/`` - only from a demo run on the synthetic data.
+    """Write a figure worth keeping to ``<run_dir>/figures/<name>``, with where it came from.
 
-    Figures made from PhysioNet data must never enter the repository, so any run with an
-    ``egd_root`` (and any profile but demo) writes nothing here and says so.
+    A run never writes into the repository: a demo run that rewrote the tracked ``figures/``
+    made a student's next ``git pull`` conflict. :func:`publish_figures` (``make figures``)
+    copies the figures of a demo run on the synthetic data into ``figures/`` on purpose. The
+    provenance file next to the figures (profile, synthetic or not) is what it checks, so a
+    figure made from PhysioNet data can never be published by accident.
     """
+    import json
     from pathlib import Path
-
-    from cxrlib.config import repository_root
 
     if fig is None:
         return None
-    if config.egd_root is not None or config.profile != "demo":
-        print(f"not saving figures/{name}: only demo runs on the synthetic data write to figures/")
-        return None
-    path = Path(repository_root()) / "figures" / name
-    path.parent.mkdir(exist_ok=True)
+    folder = Path(config.run_dir) / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
     fig.savefig(path, dpi=110, bbox_inches="tight")
+    record = folder / PROVENANCE
+    provenance = json.loads(record.read_text()) if record.is_file() else {}
+    provenance[name] = {"profile": config.profile, "synthetic": config.egd_root is None, "stage": config.stage}
+    record.write_text(json.dumps(provenance, indent=2))
     print(f"saved {path}")
     return path
+
+
+PROVENANCE = "provenance.json"
+
+
+def publish_figures(run_dir=None, dest=None) -> list:
+    """Copy the figures of a demo run on the synthetic data into the repository's ``figures/``
+    (``make figures``); return the copied paths.
+
+    Only figures whose provenance says demo profile and synthetic data are copied: anything made
+    from EGD-CXR / MIMIC-CXR must stay out of the repository. Others are named and skipped.
+    """
+    import json
+    import shutil
+    from pathlib import Path
+
+    from cxrlib.paths import repository_root
+
+    run_dir = Path(run_dir) if run_dir is not None else repository_root() / "runs" / "demo"
+    dest = Path(dest) if dest is not None else repository_root() / "figures"
+    record = run_dir / "figures" / PROVENANCE
+    if not record.is_file():
+        raise FileNotFoundError(f"no figures to publish: {record} is missing; run the demo first "
+                                f"(make demo), which saves its figures under {run_dir / 'figures'}")
+    copied = []
+    for name, origin in sorted(json.loads(record.read_text()).items()):
+        source = run_dir / "figures" / name
+        if not (origin.get("profile") == "demo" and origin.get("synthetic")):
+            print(f"not publishing {name}: made by a {origin.get('profile')} run "
+                  f"{'on the synthetic data' if origin.get('synthetic') else 'on real data'}; "
+                  f"only demo runs on the synthetic data go to {dest}")
+            continue
+        if not source.is_file():
+            raise FileNotFoundError(f"{source} is listed in {record} but missing; rerun the notebook that draws it")
+        dest.mkdir(parents=True, exist_ok=True)
+        copied.append(Path(shutil.copy2(source, dest / name)))
+        print(f"published {dest / name}")
+    return copied

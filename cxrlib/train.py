@@ -36,7 +36,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from cxrlib import distributed
+from cxrlib import distributed, precision
+from cxrlib.model import set_activation_checkpointing
 from cxrlib.runtime import default_device, seed_everything
 
 BEST, LAST = "best.pt", "last.pt"
@@ -79,18 +80,10 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def amp_settings(device: torch.device, amp: bool | None):
-    """(enabled, dtype, use_scaler): bf16 where the GPU has it, else fp16 with a scaler."""
-    enabled = device.type == "cuda" if amp is None else bool(amp and device.type == "cuda")
-    if not enabled:
-        return False, torch.float32, False
-    if torch.cuda.is_bf16_supported():
-        return True, torch.bfloat16, False
-    return True, torch.float16, True
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+def to_device(batch: dict, device: torch.device, *, channels_last: bool = False) -> dict:
+    """Tensors of ``batch`` on ``device`` (4-D ones in channels_last when asked)."""
+    return {k: (precision.to_memory_format(v.to(device, non_blocking=True), channels_last) if torch.is_tensor(v) else v)
+            for k, v in batch.items()}
 
 
 def set_trainable(model: nn.Module, train_parts) -> list[nn.Parameter]:
@@ -152,11 +145,20 @@ class Trainer:
         params = set_trainable(self.model, self.train_parts) + list(self.extra.parameters())
         if not params:
             raise ValueError(f"nothing to train: parts {self.train_parts} have no parameters")
-        self.optimizer = torch.optim.Adam(params, lr=config.lr)
+        # GPU speed and memory (cxrlib.precision): fused Adam, autocast dtype per card,
+        # channels_last, cuDNN autotuning, activation checkpointing of the UNet levels.
+        self.optimizer = precision.adam(params, lr=config.lr, device=self.device)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=0.1, patience=config.plateau_patience)
-        self.amp, self.amp_dtype, use_scaler = amp_settings(self.device, config.amp)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.autocast = precision.autocast_settings(self.device, config.amp, config.amp_dtype)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast.scaler)
+        self.channels_last = precision.use_channels_last(self.device, config.channels_last)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            self.extra.to(memory_format=torch.channels_last)
+        precision.configure_backends(self.device)
+        set_activation_checkpointing(self.model, config.activation_checkpointing)
+        self._step = precision.compile_step(self._eager_step, config.compile and not distributed.is_distributed())
         self.history: list[dict] = []
         self.best_val = math.inf
         self.start_epoch = 0
@@ -217,11 +219,14 @@ class Trainer:
         return True
 
     # -- loop ------------------------------------------------------------------------------
+    def _eager_step(self, batch: dict) -> dict:
+        return self.loss_fn(self.model, batch, **({"extra": self.extra} if len(self.extra) else {}))
+
     def _forward(self, batch: dict, *, train: bool = False) -> dict:
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.autocast.dtype, enabled=self.autocast.enabled):
             if train and self.ddp is not None:
                 return self.ddp(batch)
-            return self.loss_fn(self.model, batch, **({"extra": self.extra} if len(self.extra) else {}))
+            return self._step(batch)
 
     def train_epoch(self, data: Dataset, epoch: int) -> float:
         if distributed.is_distributed():  # own dropout / augmentation draws per rank, the same after a resume
@@ -237,7 +242,7 @@ class Trainer:
         for step, batch in enumerate(bar):
             if step >= n_steps:
                 break
-            batch = to_device(batch, self.device)
+            batch = to_device(batch, self.device, channels_last=self.channels_last)
             loss = self._forward(batch, train=True)["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{self.config.stage}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
@@ -274,7 +279,7 @@ class Trainer:
         for step, batch in enumerate(loader):
             if step >= n_steps:
                 break
-            batch = to_device(batch, self.device)
+            batch = to_device(batch, self.device, channels_last=self.channels_last)
             out = self._forward(batch)
             n = len(batch["label"])
             total, count = total + out["loss"].float().item() * n, count + n
@@ -314,10 +319,11 @@ class Trainer:
             self.config.save(self.stage_dir / "config.json")
         if self.config.resume and self._resume() and main:
             print(f"{self.config.stage}: resumed after epoch {self.start_epoch} from {self.stage_dir / LAST}")
-        stale = 0
-        for row in self.history:  # early-stopping counter survives a resume
-            stale = 0 if row.get("improved") else stale + 1
+        for row in self.history:  # a stage trained further after it ended is no longer ended
+            row.pop("end", None)
         for done, epoch in enumerate(range(self.start_epoch, self.config.epochs)):
+            if early_stop(self.history, self.config.early_stopping):  # the rule survives a resume
+                break
             if stop_after is not None and done >= stop_after:
                 return pd.DataFrame(self.history)
             started = time.perf_counter()
@@ -338,11 +344,13 @@ class Trainer:
                 atomic_save(self._state(epoch), self.stage_dir / LAST)
                 self._write_history()
             distributed.barrier()  # best.pt / last.pt complete before any rank reads them
-            stale = 0 if improved else stale + 1
-            if self.config.early_stopping and stale >= self.config.early_stopping:
+            if early_stop(self.history, self.config.early_stopping):
                 if main:
-                    print(f"{self.config.stage}: early stop after epoch {epoch + 1} ({stale} epochs without improvement)")
+                    print(f"{self.config.stage}: early stop after epoch {epoch + 1} "
+                          f"({self.config.early_stopping} epochs without improvement)")
                 break
+        if self.history:  # how the stage ended, read by whoever asks whether it is complete
+            self.history[-1]["end"] = "early_stop" if early_stop(self.history, self.config.early_stopping) else "epochs"
         self.load_best()
         if main:
             self._write_history()
@@ -360,6 +368,18 @@ class Trainer:
 
         pd.DataFrame(self.history).to_csv(self.stage_dir / "history.csv", index=False)
         (self.stage_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+
+
+def early_stop(history: list[dict], patience: int) -> bool:
+    """The early-stopping rule: stop once ``patience`` epochs in a row brought no improvement of
+    the validation loss (``improved`` in each history row); ``patience`` 0 never stops."""
+    return bool(patience) and len(history) >= patience and not any(r.get("improved") for r in history[-patience:])
+
+
+def ended(history: list[dict]) -> bool:
+    """Whether a stage's history (``history.json``) records a finished fit: all its epochs, or an
+    early stop. An interrupted stage (crash, ``stop_after``) has not ended."""
+    return bool(history) and history[-1].get("end") in ("epochs", "early_stop")
 
 
 def _progress(iterable, *, total, desc, enabled):

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from torch import nn
 
-from cxrlib import evaluate, losses, metrics, stages
+from cxrlib import evaluate, metrics, stages, steps
 from cxrlib import synthetic_anatomy as anatomy
 from cxrlib.config import make_config
 from cxrlib.data.dicom import load_image, read_dicom
@@ -119,7 +119,7 @@ def test_contrastive_step_feeds_the_chosen_feature_and_reduction(feature, reduct
     g = torch.Generator().manual_seed(0)
     maps, labels = torch.randn(6, 5, 3, 2, generator=g), torch.tensor([0, 0, 1, 1, 2, 2])
     config = make_config("stage1a", "smoke", triplet_feature=feature, triplet_reduction=reduction)
-    got = stages.contrastive_step(config)(_StubDenseNet(maps), {"image": None, "label": labels})["loss"]
+    got = steps.contrastive_step(config)(_StubDenseNet(maps), {"image": None, "label": labels})["loss"]
     x = maps if feature == "map" else maps.mean(dim=(2, 3))
     module = torch.nn.TripletMarginLoss(margin=1.0, p=2)
     values = [module(x[a:a + 1], x[p:p + 1], x[n:n + 1]) for a in range(6) for p in range(6) for n in range(6)
@@ -141,35 +141,17 @@ def test_defaults_are_the_code_where_the_notes_say_so():
         make_config("stage2", "smoke", synthetic_difficulty=1.5)
 
 
-# -- frozen DenseNet, linear probe: what run_stage hands the Trainer ----------------------------
-class _RecordingTrainer:
-    calls = []
-
-    def __init__(self, model, config, *, train_parts, **kwargs):
-        _RecordingTrainer.calls.append({"train_parts": train_parts})
-
-    def fit(self, train, val, stop_after=None):
-        _RecordingTrainer.calls[-1]["train"] = train
-        return pd.DataFrame()
-
-
-@pytest.mark.parametrize("frozen_bn,reused", [("eval", True), ("train", False)])
-def test_frozen_bn_train_turns_feature_reuse_off(monkeypatch, frozen_bn, reused):
-    parts, step, _ = stages.STAGES["stage2"]
-    monkeypatch.setitem(stages.STAGES, "stage2", (parts, step, lambda model, d, config, progress: ("reused", d)))
-    monkeypatch.setattr(stages, "Trainer", _RecordingTrainer)
-    config = make_config("stage2", "smoke", frozen_bn=frozen_bn, device="cpu")
-    data = SimpleNamespace(train="train-set", val="val-set")
-    stages.run_stage(config, data, model=nn.Linear(1, 1), progress=False)
-    assert (_RecordingTrainer.calls[-1]["train"] == ("reused", "train-set")) is reused
+# -- frozen DenseNet, linear probe: what the stage registry hands the Trainer --------------------
+@pytest.mark.parametrize("stage", ["stage2", "stage3"])
+def test_frozen_bn_train_turns_feature_reuse_off(stage):
+    assert stages.feature_reuse(make_config(stage, "smoke")) is stages.STAGES[stage].reuse is not None
+    assert stages.feature_reuse(make_config(stage, "smoke", frozen_bn="train")) is None
 
 
 @pytest.mark.parametrize("probe,parts", [(False, ("densenet", "classifier")), (True, ("classifier",))])
-def test_linear_probe_trains_only_the_classifier(monkeypatch, probe, parts):
-    monkeypatch.setattr(stages, "Trainer", _RecordingTrainer)
-    config = make_config("stage1b", "smoke", linear_probe=probe, device="cpu")
-    stages.run_stage(config, SimpleNamespace(train=1, val=2), model=nn.Linear(1, 1), progress=False)
-    assert _RecordingTrainer.calls[-1]["train_parts"] == parts
+def test_linear_probe_trains_only_the_classifier(probe, parts):
+    config = make_config("stage1b", "smoke", linear_probe=probe)
+    assert stages.STAGES["stage1b"].trained_parts(config) == parts
 
 
 def test_frozen_bn_train_uses_batch_statistics_in_the_frozen_forward():

@@ -53,8 +53,28 @@ def test_forward_head_pre_logits_and_features(name, fused):
         assert net.forward_head(feats, pre_logits=True).shape == (1, fused)
     if name != "densenet":
         assert feats["decoder"].shape == (1, 8, 64, 64)
-    assert list(net.parts()) == list(net._part_names)
     assert len(net.cam_target_layers) == 1
+
+
+PARTS = {"dual": ["densenet", "res_se", "decoder", "saliency_head", "classifier"],
+         "mtunet": ["encoder", "decoder", "saliency_head", "classifier"],
+         "resse_unet": ["encoder", "decoder", "saliency_head", "classifier"],
+         "densenet": ["densenet", "classifier"]}
+
+
+@pytest.mark.parametrize("name", M.MODEL_NAMES)
+def test_parts_partition_the_parameters(name):
+    """What a stage trains or freezes is a part: each is a child of the model, and together they
+    hold every parameter exactly once (none outside a part, none in two)."""
+    net = tiny(name)
+    parts = net.parts()
+    assert list(parts) == PARTS[name]
+    children = dict(net.named_children())
+    assert all(children[part] is module for part, module in parts.items())
+    owned = [id(p) for module in parts.values() for p in module.parameters()]
+    assert len(owned) == len(set(owned)), "a parameter in two parts"
+    assert set(owned) == {id(p) for p in net.parameters()}, "a parameter outside every part"
+    assert all(sum(p.numel() for p in module.parameters()) > 0 for module in parts.values())
 
 
 def test_dual_feature_shapes_and_cached_densenet_equals_full_forward():
@@ -183,8 +203,8 @@ def test_pretrained_true_offline_fails_fast_with_clear_message(tmp_path, monkeyp
 
 def test_pretrained_true_hanging_network_times_out(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(M, "_DOWNLOAD_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(M.urllib.request, "urlopen", lambda *a, **k: time.sleep(30))
+    monkeypatch.setattr(M.densenet, "_DOWNLOAD_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(M.densenet.urllib.request, "urlopen", lambda *a, **k: time.sleep(30))
     start = time.monotonic()
     with pytest.raises(RuntimeError) as info:
         M.DenseNetEncoder(pretrained=True)
@@ -194,7 +214,7 @@ def test_pretrained_true_hanging_network_times_out(tmp_path, monkeypatch):
 
 def test_pretrained_true_uses_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(M.urllib.request, "urlopen", lambda *a, **k: pytest.fail("must not download"))
+    monkeypatch.setattr(M.densenet.urllib.request, "urlopen", lambda *a, **k: pytest.fail("must not download"))
     torch.manual_seed(4)
     state = torchvision.models.densenet121(weights=None).state_dict()
     (tmp_path / "checkpoints").mkdir()

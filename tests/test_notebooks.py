@@ -57,7 +57,8 @@ def test_parameters_are_literals_and_config_fields(path):
         if valid is not None:
             assert node.targets[0].id in valid, f"{node.targets[0].id} is not a field of the {stage} config"
     if valid is not None:
-        assert f'config_from_namespace("{stage}", globals())' in "\n".join(c.source for c in code_cells(nb))
+        code = "\n".join(c.source for c in code_cells(nb))
+        assert f'config_from_namespace("{stage}", globals())' in code or f'start("{stage}", globals())' in code
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
