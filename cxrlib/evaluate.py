@@ -69,10 +69,15 @@ def _with_ci(table, *, n_boot: int, seed: int) -> dict:
     return out
 
 
-def evaluate_predictions(pred: dict, *, n_boot: int = 1000, seed: int = 0, kld_eps: float = metrics.EPS) -> dict:
+def evaluate_predictions(pred: dict, *, n_boot: int = 1000, seed: int = 0, kld_eps: float = metrics.EPS,
+                         eval_split: str = "test") -> dict:
     """Metrics of ``stages.predict`` output: classification, saliency and the centre baseline.
 
-    ``kld_eps``: the KLD metric's eps (config ``kld_eps``; 0: the exact KL of the paper's code)."""
+    ``kld_eps``: the KLD metric's eps (config ``kld_eps``; 0: the exact KL of the paper's code).
+    ``eval_split``: the split ``pred`` comes from (`eval_dataset`), recorded in the result with its
+    label so that `paper_comparison` and ``metrics.json`` say which split was scored."""
+    if eval_split not in EVAL_SPLITS:
+        raise ValueError(f"eval_split must be one of {tuple(EVAL_SPLITS)}, got {eval_split!r}")
     probs, labels = pred["probs"], pred["labels"]
     scores = metrics.classification_scores(probs, labels)
     classification = {k: v for k, v in scores.items()}
@@ -82,7 +87,8 @@ def evaluate_predictions(pred: dict, *, n_boot: int = 1000, seed: int = 0, kld_e
                     ("f1_macro", lambda p, y: metrics.classification_scores(p, y)["f1_macro"])):
         _, low, high = metrics.bootstrap_ci(fn, probs, labels, n_boot=n_boot, seed=seed)
         classification[f"{key}_ci"] = [float(low), float(high)]
-    result = {"classification": _jsonable(classification), "n_test": int(len(labels))}
+    result = {"classification": _jsonable(classification), "n_test": int(len(labels)),
+              "eval_split": eval_split, "split": EVAL_SPLITS[eval_split]}
     target = pred["target"]
     if pred.get("saliency") is not None:
         table = saliency_table(pred["saliency"], target, pred["fixations"], kld_eps=kld_eps)

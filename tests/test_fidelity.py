@@ -212,6 +212,21 @@ def test_eval_split_val_is_the_codes_protocol_and_labelled_optimistic():
     assert chosen == "V" and "OPTIMISTIC" in label
 
 
+def test_evaluation_records_its_split_and_the_comparison_reads_it():
+    rng = np.random.default_rng(0)
+    labels = np.arange(12) % 3
+    probs = rng.dirichlet(np.ones(3), 12)
+    target = rng.random((12, 8, 8)) + 0.1
+    pred = {"probs": probs, "labels": labels, "saliency": target[::-1].copy(), "target": target,
+            "fixations": [np.array([[3.0, 4.0]])] * 12}
+    result = evaluate.evaluate_predictions(pred, n_boot=20, eval_split="val", kld_eps=0.0)
+    assert result["eval_split"] == "val" and "OPTIMISTIC" in result["split"]
+    table = evaluate.paper_comparison(result, data_label="synthetic").set_index("metric")
+    assert "validation split" in table.loc["auc_micro", "this run's data"]
+    exact = np.mean([metrics.kld(p, t, eps=0) for p, t in zip(pred["saliency"], target)])
+    assert result["saliency"]["kld"] == pytest.approx(exact)
+
+
 def test_paper_auc_sits_beside_micro_auc_with_its_split():
     result = {"classification": {"auc_micro": 0.9, "auc_micro_ci": [0.8, 0.95], "auc_macro": 0.85},
               "saliency": {"cc": 0.5}}
