@@ -335,6 +335,8 @@ class Trainer:
                    "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
                    "improved": bool(improved)}
             self.history.append(row)
+            if main:  # one plain line per epoch: readable live, in saved notebooks and in logs
+                print(epoch_line(row, self.config.stage, self.config.epochs), flush=True)
             if improved:
                 self.best_val = val["val_loss"]
             if improved and main:
@@ -380,6 +382,17 @@ def ended(history: list[dict]) -> bool:
     """Whether a stage's history (``history.json``) records a finished fit: all its epochs, or an
     early stop. An interrupted stage (crash, ``stop_after``) has not ended."""
     return bool(history) and history[-1].get("end") in ("epochs", "early_stop")
+
+
+def epoch_line(row: dict, stage: str = "", epochs: int | None = None) -> str:
+    """One history row as one line: epoch, losses, the validation metrics present, seconds."""
+    keys = ("val_auc_macro", "val_accuracy", "val_cc", "val_kld", "val_sim", "val_nss")
+    metrics = "  ".join(f"{k.removeprefix('val_')} {row[k]:.3f}" for k in keys
+                        if isinstance(row.get(k), (int, float)) and np.isfinite(row[k]))
+    of = f"/{epochs}" if epochs else ""
+    mark = "  *best" if row.get("improved") else ""
+    return (f"{stage} epoch {row['epoch']}{of}: train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}"
+            f"  {metrics}  {row.get('seconds', float('nan')):.1f} s{mark}").replace("    ", "  ")
 
 
 def _progress(iterable, *, total, desc, enabled):
