@@ -3,7 +3,7 @@
 Every variant is a chain of ordinary stage configs (:func:`cxrlib.config.make_config`) trained by
 the ordinary stage code, plus a rule for how it is evaluated; nothing is copied. The claims of the
 paper (arXiv:2403.16970, sections on the ablation and the baselines) and the variant that tests
-each are in :data:`VARIANTS`.
+each are in :data:`cxrlib.variants.VARIANTS`.
 
 Run folders::
 
@@ -13,88 +13,29 @@ Run folders::
                                                      link to an equal stage trained elsewhere
     <run_root>/ablation/<variant>/seed<k>/metrics.json, per_image.csv   its test-split results
 
-Two stages are *equal* when their configs agree on every field that changes the weights and their
-upstream stages are equal (:func:`signature`). An equal, complete stage is linked instead of
-trained again: "no fusion" is the full method's stage 1b + 2, "DenseNet201 alone" is the
-no-contrastive variant's stage 1b, and the main run's stages 1a-3 (notebooks 02-05) are the full
-method at the main run's seed when the settings agree.
+Equal stages are trained once and linked (:mod:`cxrlib.equal_stages`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cxrlib import CLASS_NAMES, evaluate, explain, losses, stages
-from cxrlib.config import StageConfig, make_config
+from cxrlib import CLASS_NAMES, evaluate, explain, stages
+from cxrlib.config import ResultsConfig, StageConfig, make_config
 from cxrlib.data import collate
-from cxrlib.model import build_model
-from cxrlib.runtime import seed_everything
-from cxrlib.train import BEST, Trainer
+from cxrlib.equal_stages import chain_signatures, find_equal, fingerprint, folder_fingerprint, is_done, observed_seconds
+from cxrlib.variants import VARIANTS
 
 
-@dataclass(frozen=True)
-class Variant:
-    label: str
-    claim: str  # what comparing it with the full method tests
-    chain: tuple  # ((stage, config overrides), ...), trained in order
-    classifier: str  # the stage whose model gives the diagnosis
-    saliency: str  # the stage whose model gives the map; "gradcam": Grad-CAM of `classifier`
-
-
-_COOPERATIVE = (("stage1a", {}), ("stage1b", {}), ("stage2", {}), ("stage3", {}))
-VARIANTS = {
-    "full": Variant("full method", "reference: stages 1a -> 1b -> 2 -> 3", _COOPERATIVE, "stage3", "stage3"),
-    "joint": Variant("joint, one stage", "the multi-stage cooperative schedule helps",
-                     (("joint", {"model": "dual"}),), "joint", "joint"),
-    "no_contrastive": Variant("no contrastive 1a", "contrastive pretraining helps",
-                              (("stage1b", {"init_from": "none"}), ("stage2", {}), ("stage3", {})), "stage3", "stage3"),
-    "no_fusion": Variant("no fusion (1b head)", "the multi-scale fusion classifier helps",
-                         _COOPERATIVE[:3], "stage1b", "stage2"),
-    "mtunet": Variant("MT-UNet", "the method beats MT-UNet (Zhu et al. 2022)",
-                      (("joint", {"model": "mtunet"}),), "joint", "joint"),
-    "resse_unet": Variant("Res-SE UNet", "DenseNet201 + the schedule help (against MT-UNet: the Res-SE blocks)",
-                          (("joint", {"model": "resse_unet"}),), "joint", "joint"),
-    "densenet": Variant("DenseNet201 + Grad-CAM", "multi-task beats a single-task classifier and its Grad-CAM",
-                        (("stage1b", {"init_from": "none"}),), "stage1b", "gradcam"),
-}
-# Fields that do not change a stage's weights: equal stages may differ in them.
-_NOT_WEIGHTS = {"run_dir", "resume", "device", "num_workers", "eval_batch_size", "n_boot",
-                "reuse_frozen_features", "sync_batchnorm"}
 # Common fields a results config does not pass on to the variants' stages.
-_NOT_PASSED = {"profile", "run_dir", "seed", "init_from", "resume"}
-
-
-def describe_variants(names=None) -> "pd.DataFrame":
-    """The registry as a table: what each variant trains and what it tests."""
-    import pandas as pd
-
-    def chain(v):
-        return " -> ".join(stage + "".join(f" ({k}={val})" for k, val in o.items()) for stage, o in v.chain)
-
-    return pd.DataFrame([{"variant": n, "label": v.label, "stages": chain(v), "diagnosis from": v.classifier,
-                          "map from": "Grad-CAM of " + v.classifier if v.saliency == "gradcam" else v.saliency,
-                          "tests": v.claim} for n, v in VARIANTS.items() if names is None or n in names])
-
-
-def check_results_config(config) -> None:
-    """Fail at the config cell on an unknown variant or a bad seed list."""
-    for name in (*config.variants, config.reference):
-        if name not in VARIANTS:
-            raise ValueError(f"unknown variant {name!r}; valid variants: {', '.join(VARIANTS)}")
-    if not config.variants or len(set(config.variants)) != len(config.variants):
-        raise ValueError(f"parameter 'variants' must list distinct variants, got {config.variants!r}")
-    if not config.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in config.seeds) \
-            or len(set(config.seeds)) != len(config.seeds):
-        raise ValueError(f"parameter 'seeds' must be distinct integers, got {config.seeds!r}")
+_NOT_PASSED = {"profile", "run_dir"} | ResultsConfig.inapplicable
 
 
 def stage_params(config) -> dict:
@@ -119,132 +60,7 @@ def variant_configs(name: str, profile: str = "smoke", *, seed: int = 0, run_roo
             for stage, overrides in VARIANTS[name].chain]
 
 
-# -- equal stages ----------------------------------------------------------------------------
-def _upstream(config_dict: dict) -> Path | None:
-    source = config_dict.get("init_from")
-    if source is None or str(source).lower() == "none":
-        return None
-    path = Path(source) if str(source).endswith(".pt") else Path(config_dict["run_dir"]) / source / BEST
-    return path.parent
-
-
-def signature(config, *, upstream: dict | None = None, drop=()) -> dict:
-    """What determines a stage's weights: its config minus ``_NOT_WEIGHTS`` (and ``drop``), with
-    ``init_from`` replaced by the upstream stage's signature (``upstream``, else read from the
-    upstream folder's ``config.json``)."""
-    d = json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else config, default=str))
-    up = _upstream(d)
-    out = {k: v for k, v in d.items() if k not in _NOT_WEIGHTS and k not in drop}
-    if "init_from" in drop:
-        pass
-    elif up is None:
-        out["init_from"] = None
-    elif upstream is not None:
-        out["init_from"] = upstream
-    elif (up / "config.json").is_file():
-        out["init_from"] = signature(json.loads((up / "config.json").read_text()), drop=drop)
-    else:
-        out["init_from"] = f"missing {up}"
-    return out
-
-
-def chain_signatures(configs, *, drop=()) -> list[dict]:
-    """Signatures of a variant's stages before any is trained: a stage whose ``init_from`` names
-    the previous stage of the chain takes that stage's signature."""
-    sigs = []
-    for i, config in enumerate(configs):
-        previous = sigs[-1] if i and config.init_from == configs[i - 1].stage else None
-        sigs.append(signature(config, upstream=previous, drop=drop))
-    return sigs
-
-
-def _folder_fingerprint(folder: Path, *, drop=()) -> str:
-    return fingerprint(signature(json.loads((Path(folder) / "config.json").read_text()), drop=drop))
-
-
-def fingerprint(sig: dict) -> str:
-    return hashlib.sha1(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _history(folder: Path) -> list:
-    path = folder / "history.json"
-    return json.loads(path.read_text()) if path.is_file() else []
-
-
-def stage_complete(folder: Path) -> bool:
-    """``best.pt`` exists and the history ran to ``epochs`` (or stopped early, as Trainer does)."""
-    folder = Path(folder)
-    if not ((folder / BEST).is_file() and (folder / "config.json").is_file()):
-        return False
-    cfg = json.loads((folder / "config.json").read_text())
-
-    def finished(rows, epochs):
-        patience = cfg.get("early_stopping") or 0
-        stopped = patience and len(rows) >= patience and not any(r.get("improved") for r in rows[-patience:])
-        return len(rows) >= epochs or bool(stopped)
-
-    done = finished(_history(folder), cfg["epochs"])
-    if cfg.get("stage") == "stage3" and cfg.get("mode") == "joint" and cfg.get("joint_epochs", 0) > 0:
-        done = done and finished(_history(folder / "joint"), cfg["joint_epochs"])
-    return done
-
-
-def _candidates(run_root: Path, stage: str) -> list[Path]:
-    return [p for p in [run_root / stage, *sorted((run_root / "ablation").glob(f"*/seed*/{stage}"))] if p.is_dir()]
-
-
-def _done(folder: Path, fp: str) -> bool:
-    return stage_complete(folder) and _folder_fingerprint(folder) == fp
-
-
-def find_equal(stage: str, fp: str, run_root, *, exclude=None) -> Path | None:
-    """A complete ``stage`` folder under ``run_root`` with fingerprint ``fp`` (not ``exclude``)."""
-    for folder in _candidates(Path(run_root), stage):
-        if folder != exclude and _done(folder, fp):
-            return Path(os.path.realpath(folder))
-    return None
-
-
-def observed_seconds(config, run_root) -> float | None:
-    """Training seconds (history) of a complete stage under ``run_root`` with the same settings
-    up to the seed and the upstream weights (which do not change the cost)."""
-    drop = ("seed", "init_from")
-    want = fingerprint(signature(config, drop=drop))
-    for folder in _candidates(Path(run_root), config.stage):
-        if stage_complete(folder) and _folder_fingerprint(folder, drop=drop) == want:
-            return float(sum(r.get("seconds", 0.0) for r in _history(folder) + _history(folder / "joint")))
-    return None
-
-
 # -- training ------------------------------------------------------------------------------
-def build_stage(config):
-    """The untrained model of any stage config, joint stages included (no ImageNet download when
-    ``init_from`` or a checkpoint provides the weights)."""
-    if config.stage != "joint":
-        return stages.build_stage_model(config)
-    if config.model == "dual":
-        return build_model("dual", pretrained=config.pretrained, densenet_arch=config.densenet_arch,
-                           base_width=config.base_width)
-    return build_model(config.model, base_width=config.base_width)
-
-
-def train_joint(config, data, *, progress: bool = True) -> stages.StageResult:
-    """One joint stage: every part trains, from scratch, on the uncertainty-weighted CE + KL
-    (method.md section 3; MT-UNet's recipe) through the one :class:`~cxrlib.train.Trainer`."""
-    seed_everything(config.seed)
-    model = build_stage(config)
-    init = stages.initialise(model, config)
-    weighting = losses.UncertaintyWeightedLoss(learn_saliency_sigma=config.learn_saliency_sigma)
-    trainer = Trainer(model, config, train_parts=tuple(model.parts()), loss_fn=stages.joint_step,
-                      collate_fn=collate, extra_modules={"uncertainty": weighting}, progress=progress)
-    return stages.StageResult(model, trainer.fit(data.train, data.val), init, trainer)
-
-
-def load_stage(config):
-    """The trained model of a stage config from ``<run_dir>/<stage>/best.pt``, in eval mode."""
-    return stages.load_stage_model(config, config.stage)  # joint stages: the model named in the checkpoint
-
-
 def _remove(folder: Path) -> None:
     if folder.is_symlink():
         folder.unlink()
@@ -279,7 +95,7 @@ def ensure_stage(config, sig: dict, run_root, data, *, progress=True, log=print)
     folder, started, cpu = config.stage_dir, time.perf_counter(), time.process_time()
     fp = fingerprint(sig)
     row = {"stage": config.stage, "fingerprint": fp, "dir": str(folder)}
-    if _done(folder, fp):
+    if is_done(folder, fp):
         return {**row, "action": "done", "seconds": 0.0, "cpu_seconds": 0.0}
     equal = find_equal(config.stage, fp, run_root, exclude=folder)
     if equal is not None:
@@ -288,16 +104,13 @@ def ensure_stage(config, sig: dict, run_root, data, *, progress=True, log=print)
         os.symlink(os.path.relpath(equal, folder.parent), folder, target_is_directory=True)
         log(f"  {config.stage}: equal to {equal}, linked")
         return {**row, "action": "linked", "reused_from": str(equal), "seconds": 0.0, "cpu_seconds": 0.0}
-    same = (folder / "config.json").is_file() and not folder.is_symlink() and _folder_fingerprint(folder) == fp
+    same = (folder / "config.json").is_file() and not folder.is_symlink() and folder_fingerprint(folder) == fp
     if not same:
         _remove(folder)  # a stale stage of other settings
     config = dataclasses.replace(config, resume=same)  # an interrupted stage continues
     bundle = _cached(data, config, run_root, progress)
     log(f"  {config.stage}: training ({config.epochs} epochs{', resumed' if same else ''})")
-    if config.stage == "joint":
-        train_joint(config, bundle, progress=progress)
-    else:
-        stages.run_stage(config, bundle, progress=progress)
+    stages.run_stage(config, bundle, progress=progress)
     return {**row, "action": "trained", "seconds": time.perf_counter() - started,
             "cpu_seconds": time.process_time() - cpu}
 
@@ -327,13 +140,13 @@ def evaluate_variant(name: str, configs: list, run_root, data, *, progress=True)
     by_stage = {c.stage: c for c in configs}
     clf_cfg = by_stage[variant.classifier]
     test = _cached(data, clf_cfg, run_root, progress).test
-    classifier = load_stage(clf_cfg)
+    classifier = stages.load_stage_model(clf_cfg, clf_cfg.stage)
     pred = stages.predict(classifier, test, clf_cfg, progress=progress)
     if variant.saliency == "gradcam":
         pred["saliency"] = gradcam_saliency(classifier, test, clf_cfg)
     elif variant.saliency != variant.classifier:
         sal_cfg = by_stage[variant.saliency]
-        maps = stages.predict(load_stage(sal_cfg), _cached(data, sal_cfg, run_root, progress).test, sal_cfg,
+        maps = stages.predict(stages.load_stage_model(sal_cfg, sal_cfg.stage), _cached(data, sal_cfg, run_root, progress).test, sal_cfg,
                               progress=progress)
         assert list(maps["dicom_id"]) == list(pred["dicom_id"]), "both models must see the same test images"
         pred["saliency"] = maps["saliency"]
@@ -391,7 +204,7 @@ def plan(config) -> "pd.DataFrame":
             configs = variant_configs(name, config.profile, seed=seed, run_root=run_root, **params)
             for cfg, sig in zip(configs, chain_signatures(configs)):
                 fp = fingerprint(sig)
-                if _done(cfg.stage_dir, fp):
+                if is_done(cfg.stage_dir, fp):
                     action, est = "done", 0.0
                 elif fp in planned:
                     action, est = "link (trained earlier in this run)", 0.0
@@ -421,12 +234,12 @@ def run_ablation(config, *, progress: bool = True, log=print) -> "pd.DataFrame":
     """Every variant at every seed in one process (data, cache and equal stages shared).
 
     Seed-major, so a complete first seed of every variant exists early. Returns one row per
-    variant and seed with the seconds it took. With ``config.train`` False nothing runs.
+    variant and seed with the seconds it took. With ``config.train_missing`` False nothing runs.
     """
     import pandas as pd
 
-    if not config.train:
-        log("train=False: reading existing results only")
+    if not config.train_missing:
+        log("train_missing=False: reading existing results only")
         return pd.DataFrame()
     table = plan(config)
     log(f"ablation ({config.profile}): {len(config.variants)} variants x {len(config.seeds)} seeds in "

@@ -21,12 +21,12 @@ import torch
 
 from cxrlib.bench import _device_name, _PeakMemory, _sync
 from cxrlib.config import make_config
+from cxrlib.stages import TRAINABLE_STAGES
 
 __all__ = ["benchmark_stage", "format_stage_rows", "EGD_TRAIN_IMAGES", "EGD_VAL_IMAGES"]
 
 EGD_TRAIN_IMAGES, EGD_VAL_IMAGES = 760, 108  # 70 % / 10 % of EGD-CXR's 1,083 images
 CHAIN = ("stage1a", "stage1b", "stage2", "stage3")
-TRAINED_STAGES = (*CHAIN, "joint")
 
 
 def _random_samples(config, n: int, seed: int = 0) -> list[dict]:
@@ -42,28 +42,12 @@ def _random_samples(config, n: int, seed: int = 0) -> list[dict]:
 
 
 def _setup(config, device):
-    """The model and trainer of a stage, set up as ``stages.run_stage`` sets them up."""
-    from cxrlib import losses, stages
-    from cxrlib.data import collate
-    from cxrlib.train import Trainer
+    """The model, trainer and frozen-feature reuse of a stage, from the stage registry (as
+    ``stages.run_stage`` sets them up)."""
+    from cxrlib import stages
 
-    if config.stage == "joint":  # every part trains at once on the uncertainty-weighted CE + KL
-        from cxrlib.ablation import build_stage
-
-        model = build_stage(config).to(device)
-        weighting = losses.UncertaintyWeightedLoss(learn_saliency_sigma=config.learn_saliency_sigma)
-        trainer = Trainer(model, config, train_parts=tuple(model.parts()), loss_fn=stages.joint_step,
-                          collate_fn=collate, extra_modules={"uncertainty": weighting}, progress=False)
-        return model, trainer, None
     model = stages.build_stage_model(config).to(device)
-    train_parts, make_step, reuse = stages.STAGES[config.stage]
-    extra = None
-    if config.stage == "stage1a" and config.loss == "ntxent":
-        extra = {"projection": stages.projection_head(model.densenet.out_channels)}
-    uses_cache = reuse is not None and config.reuse_frozen_features and config.frozen_bn == "eval"
-    trainer = Trainer(model, config, train_parts=train_parts, loss_fn=make_step(config), collate_fn=collate,
-                      extra_modules=extra, progress=False, find_unused_parameters=config.stage == "stage1a")
-    return model, trainer, (reuse if uses_cache else None)
+    return model, stages.stage_trainer(config, model, progress=False), stages.feature_reuse(config)
 
 
 def benchmark_stage(stage: str, profile: str = "paper", *, steps: int = 5, warmup: int = 2, device=None,
@@ -73,11 +57,11 @@ def benchmark_stage(stage: str, profile: str = "paper", *, steps: int = 5, warmu
     ``warmup`` steps first (cuDNN autotuning, allocator growth, compilation). Weights are random
     (``pretrained=False``): this measures cost, not accuracy.
     """
-    if stage not in TRAINED_STAGES:
-        raise ValueError(f"--stage must be one of {TRAINED_STAGES}, got {stage!r}")
+    if stage not in TRAINABLE_STAGES:
+        raise ValueError(f"--stage must be one of {TRAINABLE_STAGES}, got {stage!r}")
     params = {"pretrained": False, "init_from": "none", **params}
     if stage == "stage3":
-        params.setdefault("joint_epochs", 0)
+        params.setdefault("finetune_epochs", 0)
     with tempfile.TemporaryDirectory(prefix="cxrlib-bench-") as run_dir:
         config = make_config(stage, profile, run_dir=run_dir, device=device, **params)
         device = torch.device(config.device) if config.device else None

@@ -102,7 +102,7 @@ def _ablate(args) -> int:
     for name in ("variants", "seeds", "run_dir"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
-    config = make_config("results", args.profile, train=not args.no_train, **params)
+    config = make_config("results", args.profile, train_missing=not args.no_train, **params)
     if args.plan:
         plan = ablation.plan(config)
         print(plan.to_string(index=False))
@@ -110,7 +110,7 @@ def _ablate(args) -> int:
         return 0
     ablation.run_ablation(config, progress=not args.no_progress)
     per_seed, per_image = results.collect(config.run_dir, config.variants, config.seeds)
-    summary = results.summarise(per_seed, per_image, reference=config.reference, n_boot=config.n_boot)
+    summary = results.compare_variants(per_seed, per_image, reference=config.reference, n_boot=config.n_boot)
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 60):
         print(results.results_table(summary).to_string())
         print(results.timing_table(config.run_dir, config.variants).round(1).to_string(index=False))
@@ -134,6 +134,8 @@ def _bench_reuse(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cxrlib.stages import TRAINABLE_STAGES  # the stage registry
+
     parser = argparse.ArgumentParser(prog="cxrlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -171,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run)
 
     p = sub.add_parser("train", help="train one stage (also under torchrun --nproc_per_node N -m cxrlib train)")
-    p.add_argument("--stage", choices=("stage1a", "stage1b", "stage2", "stage3"), required=True)
+    p.add_argument("--stage", choices=TRAINABLE_STAGES, required=True,
+                   help="joint: a one-stage baseline (-p model dual|mtunet|resse_unet)")
     p.add_argument("--profile", choices=("smoke", "demo", "paper"), default="demo")
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="a config field, e.g. -p epochs 3 -p run_dir runs/x (repeatable)")

@@ -22,7 +22,21 @@ import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from cxrlib.paths import repository_root
+from cxrlib.variants import VARIANTS, check_results_config
+
 PROFILES = ("smoke", "demo", "paper")
+DEFAULT_CAMS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")  # Score-CAM: on request (slow)
+
+
+# Fields of the training loop. A notebook that trains nothing rejects them (``inapplicable``):
+# ``lr`` on the data notebook is a mistake to report, not a setting to ignore.
+_TRAINING_FIELDS = frozenset({"epochs", "batch_size", "lr", "plateau_patience", "early_stopping", "max_steps_per_epoch",
+                              "amp", "amp_dtype", "channels_last", "compile", "activation_checkpointing",
+                              "sync_batchnorm", "resume", "init_from", "frozen_bn", "reuse_frozen_features",
+                              "shuffle", "drop_last"})
+# A notebook that reads a trained model names its upstream stage in ``init_from`` (colab.start checks it).
+_READS_A_MODEL = (_TRAINING_FIELDS - {"init_from"}) | {"pretrained"}
 
 
 @dataclass
@@ -65,8 +79,17 @@ class StageConfig:
     reuse_frozen_features: bool = True
     eval_batch_size: int = 16
     n_boot: int = 1000
+    # Fidelity switches (docs/reproduction-notes.md says which default reproduces what).
+    synthetic_difficulty: float = 0.75  # 0: every class signature at full strength; 1: hardest
+    intensity: str = "minmax"  # "max": divide by the maximum after the resize (the code)
+    modality_lut: bool = True  # False: the raw pixel_array as stored (the code), no inversion
+    eval_split: str = "test"  # "val": the code's protocol (optimistic: val also picked the checkpoint)
+    shuffle: bool = True  # training batches in random order (the code's Module/ and baseline/: False)
+    drop_last: bool = True  # drop the last partial training batch (the code keeps it)
+    kld_eps: float = 2.2204e-16  # the KLD metric's eps (benchmark); 0: exact KL as F.kl_div (the code)
 
     stage: typing.ClassVar[str] = "common"
+    inapplicable: typing.ClassVar[frozenset] = frozenset()  # fields this stage does not read
 
     @property
     def stage_dir(self) -> Path:
@@ -87,6 +110,9 @@ class DataConfig(StageConfig):
     """Notebook 01: data exploration."""
 
     stage: typing.ClassVar[str] = "data"
+    inapplicable: typing.ClassVar[frozenset] = _TRAINING_FIELDS | {
+        "pretrained", "densenet_arch", "base_width", "device", "num_workers", "eval_batch_size", "n_boot",
+        "eval_split", "kld_eps"}
     examples_per_class: int = 2
 
 
@@ -98,6 +124,8 @@ class ContrastiveConfig(StageConfig):
     loss: str = "triplet"  # triplet (paper code) | supcon | ntxent
     margin: float = 1.0
     temperature: float = 0.07
+    triplet_feature: str = "map"  # map: unpooled denseblock4 (the code) | pooled: GAP(denseblock4)
+    triplet_reduction: str = "sum"  # sum over triplets (the code) | mean
 
 
 @dataclass
@@ -106,6 +134,7 @@ class EncoderConfig(StageConfig):
 
     stage: typing.ClassVar[str] = "stage1b"
     init_from: str | None = "stage1a"
+    linear_probe: bool = False  # True: DenseNet frozen, only the Linear layer trains
 
 
 @dataclass
@@ -118,12 +147,13 @@ class SaliencyConfig(StageConfig):
 
 @dataclass
 class FusionConfig(StageConfig):
-    """Stage 3 (notebook 05): the fusion classifier, then (optionally) joint fine-tuning."""
+    """Stage 3 (notebook 05): the fusion classifier, then (``mode="finetune"``) every part for
+    ``finetune_epochs`` with the joint stage's uncertainty-weighted CE + KL."""
 
     stage: typing.ClassVar[str] = "stage3"
     init_from: str | None = "stage2"
-    mode: str = "head"  # head | joint
-    joint_epochs: int = 0
+    mode: str = "head"  # head | finetune
+    finetune_epochs: int = 0
     learn_saliency_sigma: bool = False
 
 
@@ -132,8 +162,9 @@ class ExplainConfig(StageConfig):
     """Notebook 06: saliency against Grad-CAM."""
 
     stage: typing.ClassVar[str] = "explain"
+    inapplicable: typing.ClassVar[frozenset] = _READS_A_MODEL
     init_from: str | None = "stage3"
-    cam_methods: tuple = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")
+    cam_methods: tuple = DEFAULT_CAMS
     examples_per_class: int = 2
     max_images: int | None = None
 
@@ -158,9 +189,11 @@ class ResultsConfig(StageConfig):
     """
 
     stage: typing.ClassVar[str] = "results"
-    variants: tuple = ("full", "joint", "no_contrastive", "no_fusion", "mtunet", "resse_unet", "densenet")
+    # the training fields are passed on to the variants' stages; these are not (``seeds`` varies the seed)
+    inapplicable: typing.ClassVar[frozenset] = frozenset({"seed", "init_from", "resume"})
+    variants: tuple = tuple(VARIANTS)  # every variant of cxrlib.variants
     seeds: tuple = (0, 1, 2)
-    train: bool = True  # False: only read the results that exist
+    train_missing: bool = True  # False: only read the results that exist
     reference: str = "full"  # the variant every other is tested against
 
 
@@ -175,8 +208,8 @@ PROFILE_DEFAULTS = {
         "common": {**_SYNTHETIC, "synthetic_images": 48, "image_size": (64, 64), "base_width": 8, "num_workers": 0,
                    "epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2, "eval_batch_size": 8,
                    "n_boot": 50, "examples_per_class": 1},
-        "stage3": {"joint_epochs": 1},
-        "explain": {"max_images": 6, "cam_methods": ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")},
+        "stage3": {"finetune_epochs": 1},
+        "explain": {"max_images": 6},
         "results": {"seeds": (0,)},
     },
     "demo": {
@@ -190,33 +223,23 @@ PROFILE_DEFAULTS = {
         "joint": {"epochs": 10, "batch_size": 8},
         # notebook 07 only reads finished variants in `cxrlib run --profile demo` (which stays
         # within minutes); `cxrlib ablate --profile demo` trains them (about an hour on 2 cores).
-        "results": {"seeds": (0, 1, 2), "train": False},
+        "results": {"seeds": (0, 1, 2), "train_missing": False},
     },
     "paper": {
         # activation checkpointing keeps every stage within a 16 GB T4 (README, "On a GPU")
         "common": {"synthetic_images": 1083, "image_size": (640, 512), "pretrained": True, "base_width": 64,
                    "sigma": 75.5, "gaze_source": "eye_gaze", "plateau_patience": 40, "n_boot": 1000,
                    "activation_checkpointing": True},
-        "stage1a": {"image_size": (320, 256), "epochs": 50, "batch_size": 32},
+        # the code validates stage 1a in batches of 32 too: with the summed triplet loss the batch matters
+        "stage1a": {"image_size": (320, 256), "epochs": 50, "batch_size": 32, "eval_batch_size": 32},
         "stage1b": {"epochs": 10, "batch_size": 16},
         "stage2": {"epochs": 50, "batch_size": 16},
         "stage3": {"epochs": 40, "batch_size": 6},
         "explain": {"batch_size": 6},
         "joint": {"epochs": 50, "batch_size": 6},
-        "results": {"seeds": (0, 1, 2), "train": False},
+        "results": {"seeds": (0, 1, 2), "train_missing": False},
     },
 }
-
-
-def repository_root() -> Path:
-    """The checkout holding this package (editable install), else the working directory."""
-    here = Path(__file__).resolve().parent.parent
-    if (here / "pyproject.toml").is_file() and (here / "notebooks").is_dir():
-        return here
-    for parent in [Path.cwd(), *Path.cwd().parents]:
-        if (parent / "pyproject.toml").is_file() and (parent / "cxrlib").is_dir():
-            return parent
-    return Path.cwd()
 
 
 def _check_type(name: str, value, annotation):
@@ -256,8 +279,13 @@ def make_config(stage: str, profile: str = "smoke", **params):
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise TypeError(
-            f"unknown parameter(s) {unknown} for {cls.__name__} ({stage}); valid parameters: {', '.join(valid)}"
+            f"unknown parameter(s) {unknown} for {cls.__name__} ({stage}); valid parameters: "
+            f"{', '.join(parameter_names(stage))}"
         )
+    unused = sorted(set(params) & cls.inapplicable)
+    if unused:
+        raise TypeError(f"parameter(s) {unused} do not apply to {cls.__name__} ({stage}), which does not read "
+                        f"them; valid parameters: {', '.join(parameter_names(stage))}")
     merged = {}
     defaults = PROFILE_DEFAULTS[profile]
     for source in (defaults.get("common", {}), defaults.get(stage, {})):
@@ -283,19 +311,22 @@ def _finalise(config):
     choices = {"gaze_source": ("eye_gaze", "fixations"), "weighting": ("count", "duration"),
                "resize": ("pad_resize", "stride"), "frozen_bn": ("eval", "train"),
                "amp_dtype": ("auto", "bf16", "fp16")}
+    choices.update(intensity=("minmax", "max"), eval_split=("test", "val"))
     if isinstance(config, ContrastiveConfig):
         choices["loss"] = ("triplet", "supcon", "ntxent")
+        choices.update(triplet_feature=("map", "pooled"), triplet_reduction=("sum", "mean"))
     if isinstance(config, FusionConfig):
-        choices["mode"] = ("head", "joint")
+        choices["mode"] = ("head", "finetune")
     if isinstance(config, JointConfig):
         choices["model"] = ("dual", "mtunet", "resse_unet")
     if isinstance(config, ResultsConfig):
-        from cxrlib.ablation import check_results_config  # the variant registry lives there
-
         check_results_config(config)
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
             raise ValueError(f"parameter {name!r} must be one of {allowed}, got {getattr(config, name)!r}")
+    if not 0 <= config.synthetic_difficulty <= 1 or config.kld_eps < 0:
+        raise ValueError(f"parameter 'synthetic_difficulty' must lie in [0, 1] and 'kld_eps' be >= 0, got "
+                         f"{config.synthetic_difficulty!r} and {config.kld_eps!r}")
     for name in ("epochs", "batch_size", "synthetic_images", "eval_batch_size"):
         if getattr(config, name) < 1:
             raise ValueError(f"parameter {name!r} must be at least 1, got {getattr(config, name)}")
@@ -329,7 +360,9 @@ def load_config(path):
 
 
 def parameter_names(stage: str) -> list[str]:
-    return [f.name for f in fields(STAGE_CONFIGS[stage])]
+    """The parameters a stage's notebook (and ``make_config``) accepts: its fields minus ``inapplicable``."""
+    cls = STAGE_CONFIGS[stage]
+    return [f.name for f in fields(cls) if f.name not in cls.inapplicable]
 
 
 @dataclass
@@ -342,6 +375,7 @@ class ExternalConfig(StageConfig):
     """
 
     stage: typing.ClassVar[str] = "external"
+    inapplicable: typing.ClassVar[frozenset] = _READS_A_MODEL
     init_from: str | None = "stage3"
     reflacx_root: str | None = None  # folder holding main_data/ (reflacx-xray-localization/1.0.0)
     reflacx_image_root: str | None = None  # MIMIC-CXR(-JPG) root holding files/p10/...; None: image_root

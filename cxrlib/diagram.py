@@ -88,11 +88,12 @@ def draw_network(stage: str, image_size, *, trained=None, base_width: int = 64,
     from matplotlib.patches import FancyBboxPatch
 
     if trained is None:
+        from cxrlib.config import make_config
         from cxrlib.stages import STAGES
 
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; stages: {sorted(STAGES)}")
-        trained = STAGES[stage][0]
+        trained = STAGES[stage].trained_parts(make_config(stage))  # the registry, at the stage's defaults
     trained = set(trained)
     if stage == "stage1b":  # its "classifier" is a Linear(1920 -> 3) on DenseNet, not the fusion head
         trained.discard("classifier")

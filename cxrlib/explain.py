@@ -28,16 +28,15 @@ from pytorch_grad_cam.utils.model_targets import (ClassifierOutputSoftmaxTarget,
 from torch import nn
 
 from cxrlib import metrics as M
-from cxrlib.evaluate import saliency_table
+from cxrlib.config import DEFAULT_CAMS
+from cxrlib.evaluate import SALIENCY_KEYS, saliency_table
 
-__all__ = ["CAM_METHODS", "SALIENCY_METRICS", "LogitsOnly", "cam_maps", "predicted_saliency",
-           "standard_methods", "scoreboard", "summarise_scoreboard", "scoreboard_figure",
+__all__ = ["CAM_METHODS", "LogitsOnly", "cam_maps", "predicted_saliency",
+           "standard_methods", "scoreboard", "compare_methods", "scoreboard_figure",
            "faithfulness", "draw_comparison", "same_densenet"]
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM,
                "layercam": LayerCAM, "eigencam": EigenCAM, "scorecam": ScoreCAM}
-SALIENCY_METRICS = ("cc", "kld", "sim", "nss", "auc_judd")
-DEFAULT_CAMS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")
 
 
 class LogitsOnly(nn.Module):
@@ -207,13 +206,13 @@ def scoreboard(data, methods: dict[str, Callable], *, batch_size: int = 8,
                 for k, s in enumerate(samples):
                     rows.append({"image": start + k, "dicom_id": s["dicom_id"], "label": int(s["label"]),
                                  "method": name, **{key: table[key].iloc[k] if key in table else np.nan
-                                                    for key in SALIENCY_METRICS},
+                                                    for key in SALIENCY_KEYS},
                                  "uniform": bool(np.ptp(m[k]) == 0)})
             bar.update(len(samples))
     return pd.DataFrame(rows)
 
 
-def summarise_scoreboard(df: pd.DataFrame, *, reference: str | None = "predicted",
+def compare_methods(df: pd.DataFrame, *, reference: str | None = "predicted",
                          n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per method and metric: ``n`` images, ``mean`` with its 95% percentile-bootstrap CI
     (``low``, ``high``; ``metrics.bootstrap_ci``), and a paired t-test against ``reference`` on
@@ -225,7 +224,7 @@ def summarise_scoreboard(df: pd.DataFrame, *, reference: str | None = "predicted
         raise ValueError(f"reference {reference!r} not among methods {methods}")
     n_uniform = df.groupby("method")["uniform"].sum()
     rows = []
-    for metric in SALIENCY_METRICS:
+    for metric in SALIENCY_KEYS:
         table = df.pivot(index="image", columns="method", values=metric)
         for method in methods:
             x = table[method].dropna()
@@ -251,7 +250,7 @@ def scoreboard_figure(df: pd.DataFrame):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    metrics = [m for m in SALIENCY_METRICS if df[m].notna().any()]
+    metrics = [m for m in SALIENCY_KEYS if df[m].notna().any()]
     order = list(dict.fromkeys(df["method"]))
     fig, axes = plt.subplots(1, len(metrics), figsize=(2.6 * len(metrics), 0.35 * len(order) + 1.2),
                              sharey=True, squeeze=False)

@@ -322,7 +322,7 @@ def publish_figures(run_dir=None, dest=None) -> list:
     import shutil
     from pathlib import Path
 
-    from cxrlib.config import repository_root
+    from cxrlib.paths import repository_root
 
     run_dir = Path(run_dir) if run_dir is not None else repository_root() / "runs" / "demo"
     dest = Path(dest) if dest is not None else repository_root() / "figures"

@@ -25,11 +25,11 @@ import pandas as pd
 from scipy import stats
 
 from cxrlib import CLASS_NAMES, metrics
-from cxrlib.evaluate import PAPER_RESULTS
+from cxrlib.evaluate import PAPER_DATA, PAPER_RESULTS, SALIENCY_KEYS
+from cxrlib.variants import VARIANTS
 
 CLASSIFICATION = ("auc_macro", *(f"auc_{c}" for c in CLASS_NAMES), "accuracy", "f1_macro")
-SALIENCY = ("cc", "kld", "sim", "nss", "auc_judd")
-METRICS = CLASSIFICATION + SALIENCY
+METRICS = CLASSIFICATION + SALIENCY_KEYS
 LOWER_IS_BETTER = {"kld"}
 
 
@@ -46,13 +46,11 @@ def collect(run_root, variants=None, seeds=None) -> tuple[pd.DataFrame, pd.DataF
         c, s = m.get("classification", {}), m.get("saliency", {})
         values = {k: c.get(k) for k in ("auc_macro", "accuracy", "f1_macro")}
         values.update({f"auc_{k}": v for k, v in c.get("auc_per_class", {}).items()})
-        values.update({k: s.get(k) for k in SALIENCY})
+        values.update({k: s.get(k) for k in SALIENCY_KEYS})
         rows += [{"variant": name, "label": m.get("label", name), "seed": seed, "metric": k,
                   "value": np.nan if v is None else float(v)} for k, v in values.items()]
         if (path.parent / "per_image.csv").is_file():
             tables.append(pd.read_csv(path.parent / "per_image.csv").assign(variant=name, seed=seed))
-    from cxrlib.ablation import VARIANTS
-
     order = {v: i for i, v in enumerate(variants or VARIANTS)}  # the variants' order, not the folders'
     per_seed = pd.DataFrame(rows, columns=["variant", "label", "seed", "metric", "value"])
     per_seed = per_seed.sort_values(["variant", "seed"], key=lambda c: c.map(order) if c.name == "variant" else c,
@@ -95,7 +93,7 @@ def _boot(per_image: pd.DataFrame, ids: list, idx: np.ndarray) -> dict[str, np.n
     by_seed = [t.set_index("dicom_id").loc[ids] for _, t in per_image.groupby("seed")]
     clf = np.mean([_class_scores(t[probs_cols].to_numpy(float), t["label"].to_numpy(int), idx) for t in by_seed], 0)
     out = dict(zip(CLASSIFICATION, clf.T))
-    for key in SALIENCY:
+    for key in SALIENCY_KEYS:
         with warnings.catch_warnings():  # NSS / AUC-Judd are NaN for images without fixations
             warnings.simplefilter("ignore", RuntimeWarning)
             image_means = np.nanmean(np.stack([t[key].to_numpy(float) for t in by_seed]), 0)
@@ -112,7 +110,7 @@ def _quantiles(x: np.ndarray) -> tuple[float, float]:
     return (np.nan, np.nan) if not len(x) else tuple(float(q) for q in np.quantile(x, [0.025, 0.975]))
 
 
-def summarise(per_seed: pd.DataFrame, per_image: pd.DataFrame, *, reference: str = "full",
+def compare_variants(per_seed: pd.DataFrame, per_image: pd.DataFrame, *, reference: str = "full",
               n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """One row per variant and metric: ``n_seeds``, ``mean``, ``std``, ``low``, ``high``, and
     against ``reference`` ``diff``, ``diff_low``, ``diff_high``, ``p`` and ``test`` (see the module
@@ -149,7 +147,7 @@ def summarise(per_seed: pd.DataFrame, per_image: pd.DataFrame, *, reference: str
 
 
 def _paired_test(key: str, boot_diff: np.ndarray, variant: pd.DataFrame, reference: pd.DataFrame) -> dict:
-    if key in SALIENCY:
+    if key in SALIENCY_KEYS:
         pair = pd.concat([_image_means(variant, key), _image_means(reference, key)], axis=1).dropna()
         if len(pair) < 2:
             return {}
@@ -183,7 +181,7 @@ def results_table(summary: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     table = summary.assign(cell=summary.apply(_cell, axis=1))
     wide = table.pivot(index=["group", "metric"], columns="label", values="cell")
-    order = [(g, m) for g, keys in (("classification", CLASSIFICATION), ("saliency", SALIENCY)) for m in keys]
+    order = [(g, m) for g, keys in (("classification", CLASSIFICATION), ("saliency", SALIENCY_KEYS)) for m in keys]
     wide = wide.reindex([o for o in order if o in wide.index])
     wide = wide[list(dict.fromkeys(summary["label"]))]
     wide.columns.name = None
@@ -195,7 +193,7 @@ def paper_table(summary: pd.DataFrame, *, reference: str = "full", data_label: s
     rows = []
     for key, value in PAPER_RESULTS.items():
         ours = summary[(summary["variant"] == reference) & (summary["metric"] == key)]
-        rows.append({"metric": key, "paper": value, "paper's data": "EGD-CXR test split (arXiv:2403.16970)",
+        rows.append({"metric": key, "paper": value, "paper's data": PAPER_DATA,
                      "this project": _cell(ours.iloc[0]) if len(ours) else "-",
                      "this project's data": data_label})
     return pd.DataFrame(rows)
@@ -254,8 +252,6 @@ def claims(summary: pd.DataFrame, *, reference: str = "full", alpha: float = 0.0
     is significantly better (p < alpha) on at least one headline metric and significantly worse
     on none; "contradicted": the variant is significantly better on one; otherwise "not shown"
     (no significant difference: too few images or seeds, or no effect)."""
-    from cxrlib.ablation import VARIANTS
-
     rows = []
     for variant in dict.fromkeys(summary["variant"]):
         if variant == reference:

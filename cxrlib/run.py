@@ -11,18 +11,8 @@ import time
 from pathlib import Path
 
 from cxrlib.config import STAGE_CONFIGS, make_config, parameter_names, repository_root
-
-# notebook -> the stage config its parameters cell feeds
-NOTEBOOK_STAGES = {
-    "01_data_exploration.ipynb": "data",
-    "02_contrastive_pretraining.ipynb": "stage1a",
-    "03_stage1_encoder.ipynb": "stage1b",
-    "04_stage2_saliency.ipynb": "stage2",
-    "05_stage3_fusion.ipynb": "stage3",
-    "06_saliency_gradcam_comparison.ipynb": "explain",
-    "07_results_and_ablations.ipynb": "results",
-    "08_external_validation_reflacx.ipynb": "external",
-}
+from cxrlib.evaluate import SALIENCY_KEYS
+from cxrlib.stages import NOTEBOOK_STAGES  # notebook -> the stage config its parameters cell feeds
 
 
 class PipelineError(RuntimeError):
@@ -111,8 +101,7 @@ def summary_table(metrics: dict, timings, run_dir) -> str:
     if metrics:
         lines += ["", "test split (metrics.json)        value   95% CI"]
         for group, keys in (("classification", ("auc_macro", "auc_micro", "accuracy", "f1_macro")),
-                            ("saliency", ("cc", "kld", "sim", "nss", "auc_judd")),
-                            ("baseline_centre", ("cc", "kld", "sim", "nss", "auc_judd"))):
+                            ("saliency", SALIENCY_KEYS), ("baseline_centre", SALIENCY_KEYS)):
             for key in keys:
                 value = metrics.get(group, {}).get(key)
                 if value is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from importlib import metadata
 import random
 import sys
 
@@ -57,10 +58,8 @@ def environment_report(seed: int | None = None) -> dict:
         report["gpu"] = torch.cuda.get_device_name(0)
     if seed is not None:
         report["seed"] = seed
-    try:
-        import cxrlib
-
-        report["cxrlib"] = cxrlib.__version__
-    except Exception:  # pragma: no cover - only while the package half-imports
-        pass
+    try:  # the installed distribution's version: importing the package here would be a cycle
+        report["cxrlib"] = metadata.version("cxrlib")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a checkout on sys.path, not installed
+        report["cxrlib"] = "not installed"
     return report

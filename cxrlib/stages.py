@@ -1,40 +1,45 @@
-"""The stages of multi-stage cooperative learning (method.md section 4), as notebook calls.
+"""The stages of multi-stage cooperative learning (method.md section 4): the registry and its calls.
 
-Each ``run_*`` function is one notebook's training step: build the stage's model, initialise
-it from the previous stage's best checkpoint in the run folder (``init_from``), choose the parts
-that train, reuse frozen features where nothing below the trained parts changes, and hand
-everything to the one :class:`~cxrlib.train.Trainer`.
+:data:`STAGES` holds one :class:`Stage` per stage: its config class, its notebook, the network
+it trains, the parts that train, the parts taken from the upstream checkpoint (``init_from``),
+its step function, extra trained modules and frozen-feature reuse. Everything that asks "which
+model does this stage train" or "where do its weights come from" asks the registry.
 
-=====  ============================  =========================  ==================  ===========
-stage  model                         trains                     loss                init_from
-=====  ============================  =========================  ==================  ===========
-1a     DenseNetClassifier            densenet (+ projection)    triplet/supcon/...  (ImageNet)
-1b     DenseNetClassifier            densenet, classifier       cross-entropy       stage1a
-2      DualEncoderMTUNet             res_se, decoder, sal. head KL                  stage1b
-3      DualEncoderMTUNet             classifier (joint: all)    CE (joint: CE + KL) stage2
-=====  ============================  =========================  ==================  ===========
+=======  ==================  ===========================  ==================  ===========
+stage    model               trains                       loss                init_from
+=======  ==================  ===========================  ==================  ===========
+stage1a  DenseNetClassifier  densenet (+ projection)      triplet/supcon/...  (ImageNet)
+stage1b  DenseNetClassifier  densenet, classifier         cross-entropy       stage1a
+stage2   DualEncoderMTUNet   res_se, decoder, sal. head   KL                  stage1b
+stage3   DualEncoderMTUNet   classifier (finetune: all)   CE (+ CE & KL)      stage2
+joint    dual/mtunet/resse   every part, from scratch     CE & KL, weighted   (ImageNet)
+=======  ==================  ===========================  ==================  ===========
+
+:func:`run_stage` trains any of them with the one :class:`~cxrlib.train.Trainer`; :func:`prepare_data`
+gives the splits, :func:`load_stage_model` a stage's best weights, :func:`predict` a model's outputs.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from cxrlib import distributed, losses, precision
+from cxrlib import distributed
+from cxrlib.config import (ContrastiveConfig, DataConfig, EncoderConfig, ExplainConfig, ExternalConfig, FusionConfig,
+                           JointConfig, ResultsConfig, SaliencyConfig, load_config, make_config)
 from cxrlib.data import EGDDataset, collate, load_or_make_splits, read_master_sheet, split_ids
-from cxrlib.data.augment import random_view
 from cxrlib.data.prepare import prepare_cache
-from cxrlib.model import DenseNetClassifier, DualEncoderMTUNet, build_model
+from cxrlib.model import build_model
 from cxrlib.runtime import default_device, seed_everything
-from cxrlib.train import BEST, CachedFeatures, Trainer, load_init, precompute, warn_missing_init
-
-# Which parts of the upstream checkpoint each stage takes (None: all parts of the model).
-INIT_PARTS = {"stage1b": ("densenet",), "stage2": ("densenet",), "stage3": None, "explain": None}
+from cxrlib.steps import (ce_step, contrastive_extra, contrastive_step, fusion_step, joint_extra, joint_step,
+                          saliency_step, with_frozen_densenet, with_fused_features)
+from cxrlib.train import BEST, Trainer, load_init, precompute, warn_missing_init
 
 
 @dataclass
@@ -60,10 +65,11 @@ def ensure_data(config, *, progress: bool = True) -> tuple[Path, Path]:
 
     root = Path(config.run_dir) / "synthetic"
     marker = root / "synthetic.json"
-    wanted = {"n_images": config.synthetic_images, "seed": config.data_seed}
+    wanted = {"n_images": config.synthetic_images, "seed": config.data_seed,
+              "difficulty": config.synthetic_difficulty}
     if not (marker.is_file() and json.loads(marker.read_text()) == wanted):
         make_egd_like(root, n_images=config.synthetic_images, seed=config.data_seed, overwrite=True,
-                      progress=progress)
+                      progress=progress, difficulty=config.synthetic_difficulty)
         marker.write_text(json.dumps(wanted))
     return root, root
 
@@ -71,7 +77,8 @@ def ensure_data(config, *, progress: bool = True) -> tuple[Path, Path]:
 def dataset_kwargs(config, image_size=None) -> dict:
     return {"image_size": image_size or config.image_size, "gaze_source": config.gaze_source,
             "sigma": config.sigma, "sigma_frac": config.sigma_frac, "weighting": config.weighting,
-            "resize": config.resize, "cache_dir": Path(config.run_dir) / "cache"}
+            "resize": config.resize, "cache_dir": Path(config.run_dir) / "cache",
+            "intensity": config.intensity, "modality_lut": config.modality_lut}
 
 
 def prepare_data(config, *, progress: bool = True) -> DataBundle:
@@ -95,27 +102,126 @@ def checkpoint_path(config, stage: str | None = None) -> Path:
     return Path(config.run_dir) / (stage or config.stage) / BEST
 
 
-def initialise(model: nn.Module, config) -> str:
-    """Load the upstream stage's best weights (``init_from``); return what was done."""
-    source = config.init_from
-    if source is None or str(source).lower() == "none":
-        return "random initialisation" + (" (+ ImageNet DenseNet)" if config.pretrained else "")
-    path = Path(source) if str(source).endswith(".pt") else checkpoint_path(config, source)
-    if not path.is_file():
-        warn_missing_init(config.stage, path, config.profile)
-        return f"random initialisation ({path} missing)"
-    parts = load_init(model, path, parts=INIT_PARTS.get(config.stage))
-    return f"initialised {', '.join(parts)} from {path}"
+def init_checkpoint(init_from, run_dir) -> Path | None:
+    """Where ``init_from`` points: None ("none"), a ``.pt`` path as given, or the named stage's
+    ``best.pt`` in ``run_dir``. The one place ``init_from`` becomes a path."""
+    if init_from is None or str(init_from).lower() == "none":
+        return None
+    return Path(init_from) if str(init_from).endswith(".pt") else Path(run_dir) / init_from / BEST
+
+
+# -- the registry --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Stage:
+    """One stage: everything that says what it trains and where its weights come from.
+
+    ``model``: a name of ``cxrlib.model.MODEL_NAMES``, or ``config -> name``. ``trains``: the
+    model parts that train, ``config -> parts``, or None for every part. ``init_parts``: the
+    parts taken from the upstream checkpoint (None: all); the upstream stage itself is the
+    config class's ``init_from`` default. ``step``: ``config -> step function``; ``extra``:
+    ``(config, model) -> {name: module}`` trained beside the model. ``reuse``: frozen-feature
+    reuse, ``(model, data, config) -> data``. ``finetune``: ``mode="finetune"`` continues with
+    the joint stage's set-up. Entries without a model are notebooks that train nothing.
+    """
+
+    name: str
+    config: type
+    notebook: str | None = None
+    model: str | Callable | None = None
+    trains: tuple | Callable | None = ()
+    init_parts: tuple | None = None
+    step: Callable | None = None
+    extra: Callable | None = None
+    reuse: Callable | None = None
+    unused_parameters: bool = False  # DDP: a trained parameter may not reach the loss
+    finetune: bool = False
+
+    @property
+    def trainable(self) -> bool:
+        return self.step is not None
+
+    @property
+    def upstream(self) -> str | None:
+        """The stage whose best checkpoint initialises this one by default."""
+        return {f.name: f.default for f in fields(self.config)}["init_from"]
+
+    def model_name(self, config) -> str:
+        return self.model(config) if callable(self.model) else self.model
+
+    def trained_parts(self, config, model: nn.Module | None = None) -> tuple:
+        parts = self.trains(config) if callable(self.trains) else self.trains
+        if parts is None:
+            if model is None:
+                raise ValueError(f"{self.name} trains every part: pass the model to list them")
+            return tuple(model.parts())
+        return tuple(parts)
+
+
+_DUAL_TRUNK = ("res_se", "decoder", "saliency_head")
+STAGES = {s.name: s for s in (
+    Stage("data", DataConfig, "01_data_exploration.ipynb"),
+    # Stage 1a's embedding is taken before DenseNet's norm5, which therefore gets no gradient.
+    Stage("stage1a", ContrastiveConfig, "02_contrastive_pretraining.ipynb", model="densenet",
+          trains=("densenet",), step=contrastive_step, extra=contrastive_extra, unused_parameters=True),
+    # linear_probe: the DenseNet stays frozen (in eval mode, by frozen_bn), only the Linear layer trains
+    Stage("stage1b", EncoderConfig, "03_stage1_encoder.ipynb", model="densenet",
+          trains=lambda config: ("classifier",) if config.linear_probe else ("densenet", "classifier"),
+          init_parts=("densenet",), step=lambda config: ce_step),
+    Stage("stage2", SaliencyConfig, "04_stage2_saliency.ipynb", model="dual", trains=_DUAL_TRUNK,
+          init_parts=("densenet",), step=lambda config: saliency_step, reuse=with_frozen_densenet),
+    Stage("stage3", FusionConfig, "05_stage3_fusion.ipynb", model="dual", trains=("classifier",),
+          step=lambda config: fusion_step, reuse=with_fused_features, finetune=True),
+    Stage("explain", ExplainConfig, "06_saliency_gradcam_comparison.ipynb"),
+    Stage("results", ResultsConfig, "07_results_and_ablations.ipynb"),
+    Stage("external", ExternalConfig, "08_external_validation_reflacx.ipynb"),
+    # Not a notebook: the one-stage baselines of notebook 07 (cxrlib train --stage joint).
+    Stage("joint", JointConfig, model=lambda config: config.model, trains=None,
+          step=lambda config: joint_step, extra=joint_extra),
+)}
+TRAINABLE_STAGES = tuple(name for name, s in STAGES.items() if s.trainable)
+NOTEBOOK_STAGES = {s.notebook: name for name, s in STAGES.items() if s.notebook}
+
+# The keyword arguments each network takes from a config.
+_MODEL_KWARGS = {"densenet": ("pretrained", "densenet_arch"), "dual": ("pretrained", "densenet_arch", "base_width"),
+                 "mtunet": ("base_width",), "resse_unet": ("base_width",)}
+
+
+def build_named(name: str, config, *, pretrained=False) -> nn.Module:
+    """The network ``name`` at the config's sizes (``config``: a stage config or its dict)."""
+    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key)
+    kwargs = {k: pretrained if k == "pretrained" else get(k) for k in _MODEL_KWARGS[name]}
+    return build_model(name, **kwargs)
+
+
+def stage_of(config) -> Stage:
+    """The registry entry of a config (or a saved config dict)."""
+    name = config["stage"] if isinstance(config, dict) else config.stage
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; valid: {', '.join(STAGES)}")
+    return STAGES[name]
 
 
 def build_stage_model(config) -> nn.Module:
+    """The untrained model of a training stage (joint stages included)."""
+    entry = stage_of(config)
+    if not entry.trainable:
+        raise ValueError(f"{config.stage} trains no model; training stages: {', '.join(TRAINABLE_STAGES)}")
     # ImageNet weights only for a stage that starts from scratch: the others get their DenseNet
     # from the upstream checkpoint (init_from), so loading ImageNet first would be wasted work.
-    fresh = config.init_from is None or str(config.init_from).lower() == "none"
-    pretrained = config.pretrained if fresh else False
-    if config.stage in ("stage1a", "stage1b"):
-        return DenseNetClassifier(pretrained=pretrained, densenet_arch=config.densenet_arch)
-    return DualEncoderMTUNet(pretrained=pretrained, densenet_arch=config.densenet_arch, base_width=config.base_width)
+    fresh = init_checkpoint(config.init_from, config.run_dir) is None
+    return build_named(entry.model_name(config), config, pretrained=config.pretrained if fresh else False)
+
+
+def initialise(model: nn.Module, config) -> str:
+    """Load the upstream stage's best weights (``init_from``); return what was done."""
+    path = init_checkpoint(config.init_from, config.run_dir)
+    if path is None:
+        return "random initialisation" + (" (+ ImageNet DenseNet)" if config.pretrained else "")
+    if not path.is_file():
+        warn_missing_init(config.stage, path, config.profile)
+        return f"random initialisation ({path} missing)"
+    parts = load_init(model, path, parts=stage_of(config).init_parts)
+    return f"initialised {', '.join(parts)} from {path}"
 
 
 @dataclass
@@ -130,102 +236,20 @@ def _device(config) -> torch.device:
     return torch.device(config.device) if config.device else default_device()
 
 
-# -- step functions ----------------------------------------------------------------------
-def projection_head(in_features: int = 1920, hidden: int = 512, out: int = 128) -> nn.Module:
-    """SimCLR's MLP projection head (Chen et al. 2020), used only by the NT-Xent option."""
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
+def stage_trainer(config, model: nn.Module, *, entry: Stage | None = None, progress: bool = True,
+                  stage_dir=None) -> Trainer:
+    """The Trainer of a registry entry (default: the config's) for ``model``: the parts that
+    train, the step function and the extra modules."""
+    entry = entry or stage_of(config)
+    return Trainer(model, config, train_parts=entry.trained_parts(config, model), loss_fn=entry.step(config),
+                   collate_fn=collate, extra_modules=entry.extra(config, model) if entry.extra else None,
+                   progress=progress, stage_dir=stage_dir, find_unused_parameters=entry.unused_parameters)
 
 
-def contrastive_step(config):
-    """Stage 1a: the configured contrastive loss on GAP(denseblock4) (method.md section 3).
-
-    Under torchrun the training loss is formed on the batch of all ranks (every rank's negatives
-    see the others'; gradients flow back through the all-gather, see ``cxrlib.distributed``);
-    validation, in eval mode, stays per rank.
-    """
-    def step(model, batch, extra=None):
-        gather = distributed.all_gather_batch if model.training and distributed.world_size() > 1 else None
-        if config.loss == "ntxent":
-            views = [random_view(batch["image"]) for _ in range(2)]
-            z = [extra["projection"](model(v)["embedding"]) for v in views]
-            return {"loss": losses.nt_xent(z[0], z[1], temperature=config.temperature, gather=gather)}
-        embedding = model(batch["image"])["embedding"]  # (B, 1920)
-        if config.loss == "triplet":
-            return {"loss": losses.triplet_all(embedding, batch["label"], margin=config.margin, gather=gather)}
-        return {"loss": losses.supcon(embedding, batch["label"], temperature=config.temperature, gather=gather)}
-    return step
-
-
-def ce_step(model, batch, extra=None):
-    """Stage 1b: cross-entropy of DenseNet201 + Linear(1920 -> 3)."""
-    logits = model(batch["image"])["logits"]
-    return {"loss": losses.classification_ce(logits, batch["label"]), "logits": logits}
-
-
-def _cached_dense(batch) -> dict | None:
-    if "dense_bottleneck" in batch:
-        return {"bottleneck": batch["dense_bottleneck"], "pooled": batch["dense_pooled"]}
-    return None
-
-
-def saliency_step(model, batch, extra=None):
-    """Stage 2: KL between the gaze map and the predicted saliency."""
-    features = model.forward_features(batch["image"], dense=_cached_dense(batch))
-    out = model.forward_head(features)
-    # Only the saliency output: the fusion classifier is untrained here, its AUC would mislead.
-    return {"loss": losses.saliency_kl(out["saliency_log"], batch["saliency"]), "saliency_log": out["saliency_log"]}
-
-
-def fusion_step(model, batch, extra=None):
-    """Stage 3 (head only): cross-entropy of the fusion classifier on the 1984-d features."""
-    if "fused" in batch:  # cached pre-logits of the frozen network
-        logits = model.classifier(batch["fused"])
-    else:
-        logits = model.classifier(model.forward_head(model.forward_features(batch["image"]), pre_logits=True))
-    return {"loss": losses.classification_ce(logits, batch["label"]), "logits": logits}
-
-
-def joint_step(model, batch, extra):
-    """Stage 3 (joint): uncertainty-weighted CE + KL over the whole network (method.md section 3)."""
-    out = model(batch["image"])
-    ce = losses.classification_ce(out["logits"], batch["label"])
-    kl = losses.saliency_kl(out["saliency_log"], batch["saliency"])
-    return {"loss": extra["uncertainty"](ce, kl), **out}
-
-
-# -- frozen-feature reuse ------------------------------------------------------------------
-def with_frozen_densenet(model, data, config, *, progress=True):
-    """Stage 2: the frozen DenseNet's outputs, computed once and served with each sample."""
-    model.eval()
-    device = next(model.parameters()).device
-    # in the step's precision: what the frozen part would compute inside the training step, and
-    # kept in it (half the host memory of float32 under autocast, the same values)
-    with precision.config_autocast(config, device):
-        feats = precompute(lambda b: {f"dense_{k}": v for k, v in model.densenet(b["image"]).items()},
-                           data, batch_size=config.eval_batch_size, device=device, collate_fn=collate,
-                           progress=progress, desc="frozen DenseNet features", keep_half=True)
-    return CachedFeatures(data, feats)
-
-
-def with_fused_features(model, data, config, *, progress=True):
-    """Stage 3: the 1984-d fused vector of every sample, one forward pass instead of one per epoch."""
-    model.eval()
-    device = next(model.parameters()).device
-    with precision.config_autocast(config, device):
-        feats = precompute(lambda b: {"fused": model.forward_head(model.forward_features(b["image"]), pre_logits=True),
-                                      "label": b["label"]},
-                           data, batch_size=config.eval_batch_size, device=device, collate_fn=collate,
-                           progress=progress, desc="frozen fused features")
-    return CachedFeatures(None, feats)  # the head needs no image: samples are the cached rows alone
-
-
-# stage -> (parts that train, step function factory, frozen-feature reuse or None)
-STAGES = {
-    "stage1a": (("densenet",), contrastive_step, None),
-    "stage1b": (("densenet", "classifier"), lambda config: ce_step, None),
-    "stage2": (("res_se", "decoder", "saliency_head"), lambda config: saliency_step, with_frozen_densenet),
-    "stage3": (("classifier",), lambda config: fusion_step, with_fused_features),
-}
+def feature_reuse(config) -> Callable | None:
+    """The stage's frozen-feature reuse where it applies (frozen parts in eval mode), else None."""
+    reuse = stage_of(config).reuse
+    return reuse if reuse is not None and config.reuse_frozen_features and config.frozen_bn == "eval" else None
 
 
 def run_stage(config, data: DataBundle, *, model: nn.Module | None = None, progress: bool = True,
@@ -233,11 +257,13 @@ def run_stage(config, data: DataBundle, *, model: nn.Module | None = None, progr
     """Train ``config.stage`` and return its model with the best validation weights loaded.
 
     ``model``: an already built and initialised model (else built and initialised here).
-    Stage 3 with ``mode="joint"`` continues with ``joint_epochs`` of joint fine-tuning.
-    Under torchrun every rank runs this same call (progress bars on rank 0 only).
+    Stage 3 with ``mode="finetune"`` continues with ``finetune_epochs`` of the joint stage's
+    training (every part, uncertainty-weighted CE + KL). Under torchrun every rank runs this same
+    call (progress bars on rank 0 only).
     """
-    if config.stage not in STAGES:
-        raise ValueError(f"run_stage trains {sorted(STAGES)}, not {config.stage!r}")
+    entry = stage_of(config)
+    if not entry.trainable:
+        raise ValueError(f"run_stage trains {', '.join(TRAINABLE_STAGES)}, not {config.stage!r}")
     seed_everything(config.seed)
     progress = progress and distributed.is_main()
     init = "model given by the caller"
@@ -245,41 +271,31 @@ def run_stage(config, data: DataBundle, *, model: nn.Module | None = None, progr
         model = build_stage_model(config)
         init = initialise(model, config)
     model = model.to(_device(config))
-    train_parts, make_step, reuse = STAGES[config.stage]
-    extra = None
-    if config.stage == "stage1a" and config.loss == "ntxent":
-        extra = {"projection": projection_head(model.densenet.out_channels)}
     train, val = data.train, data.val
-    if reuse is not None and config.reuse_frozen_features and config.frozen_bn == "eval":
+    if (reuse := feature_reuse(config)) is not None:
         # Under torchrun each rank computes its own full copy; the sampler then shards it.
         train, val = (reuse(model, d, config, progress=progress) for d in (train, val))
-    # Stage 1a's embedding is taken before DenseNet's norm5, which therefore gets no gradient.
-    trainer = Trainer(model, config, train_parts=train_parts, loss_fn=make_step(config), collate_fn=collate,
-                      extra_modules=extra, progress=progress, find_unused_parameters=config.stage == "stage1a")
+    trainer = stage_trainer(config, model, entry=entry, progress=progress)
     history = trainer.fit(train, val, stop_after=stop_after)
-    if config.stage == "stage3" and config.mode == "joint" and config.joint_epochs > 0:
-        history = _joint_phase(config, data, model, history, progress)
+    if entry.finetune and config.mode == "finetune" and config.finetune_epochs > 0:
+        history = _finetune(config, data, model, history, progress)
     return StageResult(model, history, init, trainer)
 
 
-def _joint_phase(config, data, model, history, progress):
-    """Stage 3, second phase: every part trains with the uncertainty-weighted joint loss."""
+def _finetune(config, data, model, history, progress):
+    """Stage 3, second phase: the joint stage's training of every part, on the same model."""
     import dataclasses
     import shutil
 
     import pandas as pd
 
-    joint_config = dataclasses.replace(config, epochs=config.joint_epochs)
-    joint = Trainer(model, joint_config, train_parts=tuple(model.parts()), loss_fn=joint_step,
-                    collate_fn=collate, progress=progress, stage_dir=config.stage_dir / "joint",
-                    extra_modules={"uncertainty": losses.UncertaintyWeightedLoss(
-                        learn_saliency_sigma=config.learn_saliency_sigma)})
-    joint_history = joint.fit(data.train, data.val)
-    # The joint phase's best weights are the stage's result: stage3/best.pt is what later notebooks load.
+    tuned = stage_trainer(dataclasses.replace(config, epochs=config.finetune_epochs), model, entry=STAGES["joint"],
+                          progress=progress, stage_dir=config.stage_dir / "finetune").fit(data.train, data.val)
+    # The fine-tuned best weights are the stage's result: stage3/best.pt is what later notebooks load.
     if distributed.is_main():
-        shutil.copyfile(config.stage_dir / "joint" / BEST, config.stage_dir / BEST)
+        shutil.copyfile(config.stage_dir / "finetune" / BEST, config.stage_dir / BEST)
     distributed.barrier()
-    return pd.concat([history.assign(phase="head"), joint_history.assign(phase="joint")], ignore_index=True)
+    return pd.concat([history.assign(phase="head"), tuned.assign(phase="finetune")], ignore_index=True)
 
 
 @torch.no_grad()
@@ -292,31 +308,15 @@ def embeddings(model: nn.Module, data, config, *, progress: bool = False):
     return out["embedding"].numpy(), out["label"].numpy()
 
 
-def _build_named(name: str, *, densenet_arch: str, base_width: int) -> nn.Module:
-    """A model of the registry with the keywords its constructor takes."""
-    kwargs = {}
-    if name in ("dual", "densenet"):
-        kwargs["densenet_arch"] = densenet_arch
-    if name != "densenet":
-        kwargs["base_width"] = base_width
-    return build_model(name, **kwargs)
-
-
-def _model_name(stage: str, saved: dict | None = None) -> str:
-    if saved is not None and saved.get("stage") == "joint":
-        return saved["model"]
-    stage = saved["stage"] if saved is not None else stage
-    return "densenet" if stage in ("stage1a", "stage1b") else "dual"
-
-
 def load_stage_model(config, stage: str = "stage3", *, model_name: str | None = None) -> nn.Module:
-    """A trained model from ``run_dir/<stage>/best.pt``, on the config's device, in eval mode."""
+    """A trained model from ``run_dir/<stage>/best.pt``, on the config's device, in eval mode.
+
+    The network is the one the saved config's registry entry names (``model_name`` overrides)."""
     from cxrlib.train import load_checkpoint
 
     state = load_checkpoint(checkpoint_path(config, stage))
     saved = state["config"]
-    model = _build_named(model_name or _model_name(stage, saved), densenet_arch=saved["densenet_arch"],
-                         base_width=saved["base_width"])
+    model = build_named(model_name or stage_of(saved).model_name(load_config(saved)), saved)
     model.load_state_dict(state["model"])
     return model.to(_device(config)).eval()
 
@@ -324,7 +324,9 @@ def load_stage_model(config, stage: str = "stage3", *, model_name: str | None = 
 def trained_model(config, stage: str, *, model_name: str | None = None, required: bool = True):
     """``load_stage_model`` if the stage's checkpoint exists; else (smoke only) a random model.
 
-    ``required=False``: return None when the checkpoint is missing (optional baselines).
+    ``stage``: a folder under ``run_dir`` named after its stage (``stage1b``,
+    ``ablation/mtunet/seed0/joint``). ``required=False``: return None when the checkpoint is
+    missing (optional baselines).
     """
     path = checkpoint_path(config, stage)
     if path.is_file():
@@ -332,8 +334,8 @@ def trained_model(config, stage: str, *, model_name: str | None = None, required
     if not required:
         return None
     warn_missing_init(config.stage, path, config.profile)
-    model = _build_named(model_name or _model_name(stage), densenet_arch=config.densenet_arch,
-                         base_width=config.base_width)
+    entry = stage_of({"stage": Path(stage).name})  # the folder is named after its stage
+    model = build_named(model_name or entry.model_name(make_config(entry.name, config.profile)), config)
     return model.to(_device(config)).eval()
 
 

@@ -197,15 +197,17 @@ class Trainer:
         if key not in self._loaders:
             batch = self.config.batch_size if shuffle else self.config.eval_batch_size
             sampler = None
-            if shuffle:  # batch_size is per process under torchrun
-                sampler = DistributedSampler(data, shuffle=True, seed=self.config.seed) \
-                    if distributed.is_distributed() else EpochShuffle(len(data), self.config.seed)
+            # config.shuffle / drop_last False: the paper code's Module/ and baseline/ loaders (fidelity notes)
+            if shuffle and distributed.is_distributed():  # batch_size is per process under torchrun
+                sampler = DistributedSampler(data, shuffle=self.config.shuffle, seed=self.config.seed)
+            elif shuffle and self.config.shuffle:
+                sampler = EpochShuffle(len(data), self.config.seed)
             n = len(data) if sampler is None else len(sampler)
             workers = loader_workers(self.config, self.device)
             # A private generator: a DataLoader without one draws its workers' base seed from the
             # global RNG, which would shift every later dropout mask.
             loader = DataLoader(data, batch_size=batch, sampler=sampler, collate_fn=self.collate_fn,
-                                drop_last=shuffle and n > batch, num_workers=workers,
+                                drop_last=shuffle and n > batch and self.config.drop_last, num_workers=workers,
                                 persistent_workers=workers > 0, generator=torch.Generator().manual_seed(self.config.seed),
                                 pin_memory=self.device.type == "cuda")
             self._loaders[key] = (data, loader)  # data kept alive: its id stays unique
@@ -342,10 +344,11 @@ class Trainer:
             self.config.save(self.stage_dir / "config.json")
         if self.config.resume and self._resume() and main:
             print(f"{self.config.stage}: resumed after epoch {self.start_epoch} from {self.stage_dir / LAST}")
-        stale = 0
-        for row in self.history:  # early-stopping counter survives a resume
-            stale = 0 if row.get("improved") else stale + 1
+        for row in self.history:  # a stage trained further after it ended is no longer ended
+            row.pop("end", None)
         for done, epoch in enumerate(range(self.start_epoch, self.config.epochs)):
+            if early_stop(self.history, self.config.early_stopping):  # the rule survives a resume
+                break
             if stop_after is not None and done >= stop_after:
                 return pd.DataFrame(self.history)
             started = time.perf_counter()
@@ -369,12 +372,14 @@ class Trainer:
                 atomic_save(self._state(epoch), self.stage_dir / LAST)
                 self._write_history()
             distributed.barrier()  # best.pt / last.pt complete before any rank reads them
-            stale = 0 if improved else stale + 1
-            if self.config.early_stopping and stale >= self.config.early_stopping:
+            if early_stop(self.history, self.config.early_stopping):
                 if main:
-                    print(f"{self.config.stage}: early stop after epoch {epoch + 1} ({stale} epochs without improvement)")
+                    print(f"{self.config.stage}: early stop after epoch {epoch + 1} "
+                          f"({self.config.early_stopping} epochs without improvement)")
                 break
         self._loaders.clear()  # ends the persistent loader workers of this stage
+        if self.history:  # how the stage ended, read by whoever asks whether it is complete
+            self.history[-1]["end"] = "early_stop" if early_stop(self.history, self.config.early_stopping) else "epochs"
         self.load_best()
         if main:
             self._write_history()
@@ -392,6 +397,18 @@ class Trainer:
 
         pd.DataFrame(self.history).to_csv(self.stage_dir / "history.csv", index=False)
         (self.stage_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+
+
+def early_stop(history: list[dict], patience: int) -> bool:
+    """The early-stopping rule: stop once ``patience`` epochs in a row brought no improvement of
+    the validation loss (``improved`` in each history row); ``patience`` 0 never stops."""
+    return bool(patience) and len(history) >= patience and not any(r.get("improved") for r in history[-patience:])
+
+
+def ended(history: list[dict]) -> bool:
+    """Whether a stage's history (``history.json``) records a finished fit: all its epochs, or an
+    early stop. An interrupted stage (crash, ``stop_after``) has not ended."""
+    return bool(history) and history[-1].get("end") in ("epochs", "early_stop")
 
 
 def epoch_line(row: dict, stage: str = "", epochs: int | None = None) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from cxrlib import CLASS_NAMES, explain
+from cxrlib.config import DEFAULT_CAMS
 from cxrlib import metrics as M
 
 
@@ -60,7 +61,7 @@ def show_comparison(data, index: int, final_model, *, method="gradcam", target_c
 
 
 def interactive_comparison(data, final_model, *, encoder_model=None, baseline_model=None,
-                           cam_methods=explain.DEFAULT_CAMS):
+                           cam_methods=DEFAULT_CAMS):
     """ipywidgets controls (class, image, method, target class, opacity) over :func:`show_comparison`."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt

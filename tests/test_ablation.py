@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from cxrlib import CLASS_NAMES, ablation, metrics, results, stages  # noqa: E402
+from cxrlib import CLASS_NAMES, ablation, equal_stages, metrics, results, stages  # noqa: E402
 from cxrlib.config import make_config  # noqa: E402
 from cxrlib.evaluate import write_metrics  # noqa: E402
 
@@ -52,14 +52,14 @@ def test_every_variant_runs_and_writes_its_results(ran, root, name):
     on_disk = json.loads((folder / "metrics.json").read_text())
     assert on_disk["variant"] == name and on_disk["seed"] == 0 and on_disk["profile"] == "smoke"
     assert {"auc_macro", "auc_per_class", "accuracy", "f1_macro", "auc_macro_ci"} <= set(m["classification"])
-    assert set(results.SALIENCY) <= set(m["saliency"]) and m["n_test"] == m["saliency"]["n_images"]
+    assert set(results.SALIENCY_KEYS) <= set(m["saliency"]) and m["n_test"] == m["saliency"]["n_images"]
     assert {"train", "evaluate", "total", "cpu_total"} <= set(m["seconds"])
     table = pd.read_csv(folder / "per_image.csv")
     assert len(table) == m["n_test"]
-    assert {"dicom_id", "label", *(f"prob_{c}" for c in CLASS_NAMES), *results.SALIENCY} <= set(table.columns)
+    assert {"dicom_id", "label", *(f"prob_{c}" for c in CLASS_NAMES), *results.SALIENCY_KEYS} <= set(table.columns)
     assert np.allclose(table[[f"prob_{c}" for c in CLASS_NAMES]].sum(axis=1), 1, atol=1e-5)
     for stage, _ in ablation.VARIANTS[name].chain:
-        assert ablation.stage_complete(folder / stage), stage
+        assert equal_stages.stage_complete(folder / stage), stage
 
 
 def test_equal_stages_are_linked_not_retrained(ran, root):
@@ -94,8 +94,8 @@ def test_a_second_call_trains_nothing_and_a_new_setting_is_not_reused(ran, root)
 
 def test_chain_signatures_match_the_trained_folders(ran, root):
     configs = ablation.variant_configs("full", "smoke", seed=0, run_root=root, **TINY)
-    for config, sig in zip(configs, ablation.chain_signatures(configs)):
-        assert ablation.fingerprint(sig) == ablation._folder_fingerprint(config.stage_dir)
+    for config, sig in zip(configs, equal_stages.chain_signatures(configs)):
+        assert equal_stages.fingerprint(sig) == equal_stages.folder_fingerprint(config.stage_dir)
 
 
 def test_main_run_stages_serve_the_full_method(tmp_path):
@@ -111,9 +111,9 @@ def test_main_run_stages_serve_the_full_method(tmp_path):
 def test_joint_stage_trains_every_part(tmp_path, ran, root):
     config = make_config("joint", "smoke", run_dir=str(tmp_path), model="mtunet", **TINY)
     torch.manual_seed(config.seed)
-    fresh = {k: v.clone() for k, v in ablation.build_stage(config).state_dict().items()}
+    fresh = {k: v.clone() for k, v in stages.build_stage_model(config).state_dict().items()}
     data = stages.prepare_data(make_config("joint", "smoke", run_dir=str(root), **TINY), progress=False)
-    model = ablation.train_joint(config, data, progress=False).model
+    model = stages.run_stage(config, data, progress=False).model
     for part, module in model.parts().items():
         weights = [k for k, _ in module.named_parameters()]
         assert any(not torch.equal(fresh[f"{part}.{k}"], module.state_dict()[k]) for k in weights), part
@@ -127,7 +127,9 @@ def test_results_config_checks_and_passes_on_common_fields(tmp_path):
         make_config("results", "smoke", seeds=(0, 0))
     with pytest.raises(TypeError, match="'variants' must be tuple"):
         make_config("results", "smoke", variants="full")
-    config = make_config("results", "demo", run_dir=str(tmp_path), epochs=2, seed=5)
+    with pytest.raises(TypeError, match=r"\['seed'\] do not apply"):  # ``seeds`` varies it
+        make_config("results", "demo", seed=5)
+    config = make_config("results", "demo", run_dir=str(tmp_path), epochs=2)
     assert ablation.stage_params(config) == {"epochs": 2}
     assert make_config("results", "demo").seeds == (0, 1, 2) and make_config("results", "smoke").seeds == (0,)
     stages_ = ablation.variant_configs("no_contrastive", "demo", seed=1, run_root=tmp_path, epochs=2)
@@ -157,7 +159,7 @@ def _fake_run(root, variant, seed, rng, *, cc_shift=0.0, skill=1.0, n=40):
     folder.mkdir(parents=True)
     table.to_csv(folder / "per_image.csv", index=False)
     clf = metrics.classification_scores(probs, labels)
-    saliency = table[list(results.SALIENCY)].mean().to_dict()
+    saliency = table[list(results.SALIENCY_KEYS)].mean().to_dict()
     write_metrics(folder / "metrics.json", {"classification": clf, "saliency": saliency},
                   variant=variant, label=variant.upper(), seed=seed)
 
@@ -175,7 +177,7 @@ def fake(tmp_path_factory):
 def test_summary_reads_metrics_json_and_tests_against_the_reference(fake):
     per_seed, per_image = results.collect(fake)
     assert list(dict.fromkeys(per_seed["variant"])) == ["full", "joint", "mtunet"]  # registry order
-    summary = results.summarise(per_seed, per_image, reference="full", n_boot=300).set_index(["variant", "metric"])
+    summary = results.compare_variants(per_seed, per_image, reference="full", n_boot=300).set_index(["variant", "metric"])
     for variant in ("full", "mtunet"):
         values = [json.loads((ablation.variant_dir(fake, variant, s) / "metrics.json").read_text())["saliency"]["cc"]
                   for s in (0, 1, 2)]
@@ -195,7 +197,7 @@ def test_summary_reads_metrics_json_and_tests_against_the_reference(fake):
     assert list(table.columns) == ["FULL", "JOINT", "MTUNET"] and len(table) == len(results.METRICS)
     assert "±" in table.iloc[0, 0] and ("p=" in table.iloc[0, 2] or "p<" in table.iloc[0, 2])
     paper = results.paper_table(summary.reset_index(), data_label="fake")
-    assert list(paper["metric"]) == ["auc_macro", "cc"] and paper["paper"].notna().all()
+    assert list(paper["metric"]) == ["auc_micro", "cc"] and paper["paper"].notna().all()
     fig = results.results_figure(summary.reset_index(), per_seed)
     assert len([a for a in fig.axes if a.get_visible()]) == len(results.METRICS)
     missing = results.missing_runs(fake, ["full", "densenet"], [0, 3])
@@ -219,5 +221,5 @@ def test_vectorised_bootstrap_scores_match_the_metrics_module():
 
 def test_empty_results_give_empty_tables(tmp_path):
     per_seed, per_image = results.collect(tmp_path)
-    summary = results.summarise(per_seed, per_image)
+    summary = results.compare_variants(per_seed, per_image)
     assert summary.empty and results.results_table(summary).empty

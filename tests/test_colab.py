@@ -16,6 +16,7 @@ import pytest
 
 from cxrlib import colab
 from cxrlib.colab import check_install_cell, choose_profile, install_cell_source, start
+from cxrlib.config import parameter_names
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO_URL = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
@@ -186,8 +187,8 @@ def test_outside_colab_missing_upstream_fails_in_demo(not_colab, tmp_path):
 
 @pytest.mark.parametrize("stage", list(colab.STAGE_NOTEBOOKS))
 def test_every_notebook_stage_starts(stage, not_colab, tmp_path):
-    config = start(stage, params(run_dir=str(tmp_path), init_from="none") if stage != "results"
-                   else params(run_dir=str(tmp_path)))
+    upstream = {"init_from": "none"} if "init_from" in parameter_names(stage) else {}  # data, results: none
+    config = start(stage, params(run_dir=str(tmp_path), **upstream))
     assert config.stage == stage and config.profile == "smoke"
 
 

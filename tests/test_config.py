@@ -62,7 +62,7 @@ def test_namespace_of_a_notebook():
 
 def test_run_dir_from_environment_and_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("CXRLIB_RUN_DIR", str(tmp_path / "runs"))
-    config = make_config("stage3", "smoke", mode="joint")
+    config = make_config("stage3", "smoke", mode="finetune")
     assert config.run_dir == str(tmp_path / "runs") and config.stage_dir == tmp_path / "runs" / "stage3"
     again = load_config(config.save())
     assert again == config
@@ -71,3 +71,36 @@ def test_run_dir_from_environment_and_round_trip(tmp_path, monkeypatch):
 def test_parameter_names_are_config_fields():
     assert "loss" in parameter_names("stage1a") and "loss" not in parameter_names("stage2")
     assert "mode" in parameter_names("stage3")
+
+
+@pytest.mark.parametrize("stage", ["data", "explain", "external"])
+@pytest.mark.parametrize("name", ["lr", "epochs"])
+def test_notebooks_that_train_nothing_reject_training_fields(stage, name):
+    with pytest.raises(TypeError, match=rf"parameter\(s\) \['{name}'\] do not apply to .*\({stage}\)"):
+        make_config(stage, "smoke", **{name: 1})
+    assert name not in parameter_names(stage)
+    with pytest.raises(TypeError, match="do not apply"):
+        config_from_namespace(stage, {"profile": "smoke", name: 1})
+
+
+def test_results_passes_training_fields_on_but_rejects_what_it_ignores():
+    assert make_config("results", "smoke", epochs=2).epochs == 2  # every variant's stages get it
+    for name, value in (("seed", 1), ("init_from", "none"), ("resume", True)):
+        with pytest.raises(TypeError, match="do not apply"):
+            make_config("results", "smoke", **{name: value})
+
+
+def test_stage_registry_covers_every_config():
+    from cxrlib import model, stages
+    from cxrlib.losses import CONTRASTIVE_LOSSES
+
+    assert set(stages.STAGES) == set(STAGE_CONFIGS)
+    assert all(entry.config is STAGE_CONFIGS[name] for name, entry in stages.STAGES.items())
+    for name in stages.TRAINABLE_STAGES:
+        entry = stages.STAGES[name]
+        assert entry.upstream is None or entry.upstream in stages.STAGES, name
+        assert entry.model_name(make_config(name, "smoke")) in model.MODEL_NAMES
+    for choice in ("dual", "mtunet", "resse_unet"):  # the joint stage's config choices are models
+        assert stages.STAGES["joint"].model_name(make_config("joint", "smoke", model=choice)) == choice
+    for loss in CONTRASTIVE_LOSSES:  # every loss the step can call is a valid config choice
+        make_config("stage1a", "smoke", loss=loss)

@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from cxrlib import distributed, losses, stages
+from cxrlib import distributed, losses, stages, steps
 from cxrlib.config import make_config
 from cxrlib.data import collate
 from cxrlib.train import BEST, LAST, Trainer, load_checkpoint
@@ -56,9 +56,9 @@ def test_stage_under_torchrun_trains_and_its_checkpoint_loads_in_one_process(tmp
     # Validation was sharded and merged: one process on the whole set gets the same metrics.
     data = stages.prepare_data(cfg, progress=False)
     model.load_state_dict(load_checkpoint(tmp_path / "stage2" / LAST)["model"])
-    val = stages.with_frozen_densenet(model, data.val, cfg, progress=False)
+    val = steps.with_frozen_densenet(model, data.val, cfg, progress=False)
     trainer = Trainer(model, cfg, train_parts=("res_se", "decoder", "saliency_head"),
-                      loss_fn=stages.saliency_step, collate_fn=collate, progress=False)
+                      loss_fn=steps.saliency_step, collate_fn=collate, progress=False)
     single = trainer.evaluate(val)
     for key in ("val_loss", "val_cc", "val_kld", "val_sim"):
         assert single[key] == pytest.approx(history[-1][key], rel=1e-5, abs=1e-6), key

@@ -172,8 +172,8 @@ def test_centre_bias_method_matches_metrics():
     np.testing.assert_allclose(maps[2], centre_bias_map((64, 32)))
 
 
-def test_summarise_scoreboard(board):
-    summary = E.summarise_scoreboard(board, n_boot=200)
+def test_compare_methods(board):
+    summary = E.compare_methods(board, n_boot=200)
     assert list(summary.columns) == ["method", "metric", "n", "mean", "low", "high", "mean_diff",
                                      "t", "p", "n_uniform"]
     assert len(summary) == 7 * 5
@@ -184,7 +184,7 @@ def test_summarise_scoreboard(board):
     assert np.isfinite(summary.loc[~ref & (summary["metric"] == "cc"), "p"]).all()
     assert (summary.loc[summary["metric"] == "nss", "n"] == 4).all()
     with pytest.raises(ValueError):
-        E.summarise_scoreboard(board, reference="missing")
+        E.compare_methods(board, reference="missing")
 
 
 def test_figures(board, images):

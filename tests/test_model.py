@@ -53,8 +53,28 @@ def test_forward_head_pre_logits_and_features(name, fused):
         assert net.forward_head(feats, pre_logits=True).shape == (1, fused)
     if name != "densenet":
         assert feats["decoder"].shape == (1, 8, 64, 64)
-    assert list(net.parts()) == list(net._part_names)
     assert len(net.cam_target_layers) == 1
+
+
+PARTS = {"dual": ["densenet", "res_se", "decoder", "saliency_head", "classifier"],
+         "mtunet": ["encoder", "decoder", "saliency_head", "classifier"],
+         "resse_unet": ["encoder", "decoder", "saliency_head", "classifier"],
+         "densenet": ["densenet", "classifier"]}
+
+
+@pytest.mark.parametrize("name", M.MODEL_NAMES)
+def test_parts_partition_the_parameters(name):
+    """What a stage trains or freezes is a part: each is a child of the model, and together they
+    hold every parameter exactly once (none outside a part, none in two)."""
+    net = tiny(name)
+    parts = net.parts()
+    assert list(parts) == PARTS[name]
+    children = dict(net.named_children())
+    assert all(children[part] is module for part, module in parts.items())
+    owned = [id(p) for module in parts.values() for p in module.parameters()]
+    assert len(owned) == len(set(owned)), "a parameter in two parts"
+    assert set(owned) == {id(p) for p in net.parameters()}, "a parameter outside every part"
+    assert all(sum(p.numel() for p in module.parameters()) > 0 for module in parts.values())
 
 
 def test_dual_feature_shapes_and_cached_densenet_equals_full_forward():

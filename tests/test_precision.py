@@ -139,15 +139,12 @@ def test_stage_benchmark_rejects_unknown_stage():
 def _one_step_trainer(**fields):
     from cxrlib import stages
     from cxrlib.config import make_config
-    from cxrlib.data import collate
-    from cxrlib.train import Trainer
 
     config = make_config("stage2", "smoke", device="cpu", base_width=4, image_size=(64, 64), batch_size=2,
                          init_from="none", run_dir="unused", **fields)
     torch.manual_seed(0)
     model = stages.build_stage_model(config)
-    parts, make_step, _ = stages.STAGES["stage2"]
-    trainer = Trainer(model, config, train_parts=parts, loss_fn=make_step(config), collate_fn=collate, progress=False)
+    trainer = stages.stage_trainer(config, model, progress=False)  # the stage registry's set-up
     return trainer, bench_stages._random_samples(config, 4)
 
 

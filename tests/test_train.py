@@ -121,10 +121,63 @@ def test_init_from_loads_only_the_named_parts(stage1b, run_dir):
     assert all(torch.equal(fresh[k], v) for k, v in _state(model.classifier).items())
 
 
-def test_joint_mode_trains_every_part(stage1b, run_dir, data):
+def test_finetune_mode_trains_every_part(stage1b, run_dir, data):
     init = str(run_dir / "stage1b" / BEST)
-    stages.run_stage(config("stage2", run_dir / "joint", epochs=1, init_from=init), data, progress=False)
-    cfg = config("stage3", run_dir / "joint", epochs=1, mode="joint", joint_epochs=1)
+    stages.run_stage(config("stage2", run_dir / "finetune", epochs=1, init_from=init), data, progress=False)
+    cfg = config("stage3", run_dir / "finetune", epochs=1, mode="finetune", finetune_epochs=1)
+    before = load_checkpoint(run_dir / "finetune" / "stage2" / BEST)["model"]
     result = stages.run_stage(cfg, data, progress=False)
-    assert list(result.history["phase"]) == ["head", "joint"]
-    assert (run_dir / "joint" / "stage3" / "joint" / BEST).is_file()
+    assert list(result.history["phase"]) == ["head", "finetune"]
+    assert (run_dir / "finetune" / "stage3" / "finetune" / BEST).is_file()
+    after = load_checkpoint(run_dir / "finetune" / "stage3" / BEST)["model"]
+    for part, module in result.model.parts().items():
+        weights = [f"{part}.{k}" for k, _ in module.named_parameters()]
+        assert weights, part
+        assert any(not torch.equal(before[k], after[k]) for k in weights), f"{part} did not change"
+
+
+class _Constant(torch.nn.Module):
+    """A model whose validation loss never improves after the first epoch: it is ``level``."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Linear(1, 1)
+
+    def parts(self):
+        return {"w": self.w}
+
+
+def _constant_loss(model, batch, extra=None):
+    return {"loss": model.w(batch["x"]).sum() * 0 + 1.0}
+
+
+@pytest.mark.parametrize("patience, epochs, ran, end", [(0, 4, 4, "epochs"), (1, 6, 2, "early_stop"),
+                                                         (3, 6, 4, "early_stop"), (5, 3, 3, "epochs")])
+def test_early_stopping_and_the_recorded_end(tmp_path, patience, epochs, ran, end):
+    from cxrlib.equal_stages import stage_complete
+    from cxrlib.train import Trainer, early_stop
+
+    cfg = make_config("stage1b", "smoke", run_dir=str(tmp_path), epochs=epochs, early_stopping=patience)
+    samples = [{"x": torch.ones(1), "label": torch.tensor(0)} for _ in range(4)]
+    history = Trainer(_Constant(), cfg, train_parts=("w",), loss_fn=_constant_loss, progress=False).fit(samples, samples)
+    assert len(history) == ran  # the first epoch improves (from inf), none after it
+    assert list(history["improved"]) == [True] + [False] * (ran - 1)
+    assert history["end"].iloc[-1] == end and history["end"].iloc[:-1].isna().all()
+    assert stage_complete(tmp_path / "stage1b")
+    rows = history.drop(columns="end").to_dict("records")
+    assert early_stop(rows, patience) == (end == "early_stop")
+
+
+def test_an_interrupted_stage_is_not_complete_until_resumed(tmp_path):
+    from cxrlib.equal_stages import stage_complete
+    from cxrlib.train import Trainer
+
+    samples = [{"x": torch.ones(1), "label": torch.tensor(0)} for _ in range(4)]
+    cfg = make_config("stage1b", "smoke", run_dir=str(tmp_path), epochs=3)
+    Trainer(_Constant(), cfg, train_parts=("w",), loss_fn=_constant_loss, progress=False).fit(
+        samples, samples, stop_after=1)
+    assert not stage_complete(tmp_path / "stage1b")
+    cfg = make_config("stage1b", "smoke", run_dir=str(tmp_path), epochs=3, resume=True)
+    history = Trainer(_Constant(), cfg, train_parts=("w",), loss_fn=_constant_loss, progress=False).fit(samples, samples)
+    assert len(history) == 3 and history["end"].iloc[-1] == "epochs"
+    assert stage_complete(tmp_path / "stage1b")

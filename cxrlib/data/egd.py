@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cxrlib.data.cache import SampleCache, sample_key
-from cxrlib.data.dicom import read_image
+from cxrlib.data.dicom import INTENSITY_MODES, load_image, read_image
 from cxrlib.data.gaze import (
     GAZE_SOURCES,
     PAPER_SIGMA_PX,
@@ -105,11 +105,14 @@ class EGDDataset(Dataset):
     ids : restrict to these dicom_ids (a split), in this order.
     cache_dir : folder for preprocessed samples (None: no cache).
     map_method : ``"analytic"`` (fast) or ``"native"`` (literal blur at native resolution).
+    intensity, modality_lut : how grey values are read and scaled (`cxrlib.data.dicom.load_image`);
+        ``resize="stride", intensity="max", modality_lut=False`` is the paper code's pipeline.
     """
 
     def __init__(self, egd_root, image_root=None, *, image_size=(320, 256), gaze_source="eye_gaze",
                  sigma=PAPER_SIGMA_PX, sigma_frac=None, weighting="count", resize="pad_resize",
-                 ids=None, cache_dir=None, voi_lut=False, map_method="analytic"):
+                 ids=None, cache_dir=None, voi_lut=False, map_method="analytic", intensity="minmax",
+                 modality_lut=True):
         self.egd_root = Path(egd_root)
         self.image_root = Path(image_root) if image_root is not None else self.egd_root
         self.image_size = check_image_size(image_size)
@@ -121,6 +124,9 @@ class EGDDataset(Dataset):
             raise ValueError(f"map_method must be 'analytic' or 'native', got {map_method!r}")
         self.gaze_source, self.sigma, self.sigma_frac = gaze_source, sigma, sigma_frac
         self.weighting, self.resize, self.voi_lut, self.map_method = weighting, resize, voi_lut, map_method
+        if intensity not in INTENSITY_MODES:
+            raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
+        self.intensity, self.modality_lut = intensity, bool(modality_lut)
         resolve_sigma((1, 1), sigma, sigma_frac)  # validate early
 
         sheet = read_master_sheet(self.egd_root / "master_sheet.csv")
@@ -174,23 +180,24 @@ class EGDDataset(Dataset):
     def params(self) -> dict:
         return {"image_size": self.image_size, "gaze_source": self.gaze_source, "sigma": self.sigma,
                 "sigma_frac": self.sigma_frac, "weighting": self.weighting, "resize": self.resize,
-                "voi_lut": self.voi_lut, "map_method": self.map_method}
+                "voi_lut": self.voi_lut, "map_method": self.map_method, "intensity": self.intensity,
+                "modality_lut": self.modality_lut}
 
     def _compute(self, index: int) -> dict:
         dicom_id = self.sheet["dicom_id"].iloc[index]
-        native = read_image(self.image_paths[index], voi_lut=self.voi_lut)
-        geometry = Geometry.fit(native.shape, self.image_size, self.resize)
-        sigma_px = resolve_sigma(native.shape, self.sigma, self.sigma_frac)
+        image, geometry = load_image(self.image_paths[index], self.image_size, resize=self.resize,
+                                     intensity=self.intensity, modality_lut=self.modality_lut, voi_lut=self.voi_lut)
+        native_shape = geometry.native
+        sigma_px = resolve_sigma(native_shape, self.sigma, self.sigma_frac)
         make_map = gaze_map if self.map_method == "analytic" else gaze_map_native
         saliency, dropped = make_map(self.gaze[dicom_id], geometry, sigma_px, dicom_id=dicom_id)
-        fixations, _ = self.fixation_points.get(dicom_id, GazePoints(np.zeros((0, 2)), np.zeros(0))).inside(native.shape)
-        image = geometry.apply_image(native)
+        fixations, _ = self.fixation_points.get(dicom_id, GazePoints(np.zeros((0, 2)), np.zeros(0))).inside(native_shape)
         return {
             "image": np.round(np.clip(image, 0, 1) * 65535).astype(np.uint16),  # 16 bits: lossless for 12-16 bit data
             "saliency": saliency,
             "fixations": geometry.apply_points(fixations.xy),
             "gaze_dropped": np.int64(dropped),
-            "native_shape": np.asarray(native.shape, dtype=np.int64),
+            "native_shape": np.asarray(native_shape, dtype=np.int64),
         }
 
     def key(self, index: int) -> str:

@@ -1,0 +1,112 @@
+"""Equal stages: what determines a stage's weights, whether a stage folder is complete, and
+where under a run folder an equal one already is (notebook 07, ``cxrlib ablate``).
+
+Two stages are *equal* when their configs agree on every field that changes the weights and their
+upstream stages are equal (:func:`signature`). An equal, complete stage is linked instead of
+trained again: "no fusion" is the full method's stage 1b + 2, "DenseNet201 alone" is the
+no-contrastive variant's stage 1b, and the main run's stages 1a-3 (notebooks 02-05) are the full
+method at the main run's seed when the settings agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from cxrlib import stages
+from cxrlib.train import BEST, ended
+
+# Fields that do not change a stage's weights: equal stages may differ in them.
+_NOT_WEIGHTS = {"run_dir", "resume", "device", "num_workers", "eval_batch_size", "n_boot",
+                "reuse_frozen_features", "sync_batchnorm"}
+
+def _upstream(config_dict: dict) -> Path | None:
+    path = stages.init_checkpoint(config_dict.get("init_from"), config_dict["run_dir"])
+    return None if path is None else path.parent
+
+
+def signature(config, *, upstream: dict | None = None, drop=()) -> dict:
+    """What determines a stage's weights: its config minus ``_NOT_WEIGHTS`` (and ``drop``), with
+    ``init_from`` replaced by the upstream stage's signature (``upstream``, else read from the
+    upstream folder's ``config.json``)."""
+    d = json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else config, default=str))
+    up = _upstream(d)
+    out = {k: v for k, v in d.items() if k not in _NOT_WEIGHTS and k not in drop}
+    if "init_from" in drop:
+        pass
+    elif up is None:
+        out["init_from"] = None
+    elif upstream is not None:
+        out["init_from"] = upstream
+    elif (up / "config.json").is_file():
+        out["init_from"] = signature(json.loads((up / "config.json").read_text()), drop=drop)
+    else:
+        out["init_from"] = f"missing {up}"
+    return out
+
+
+def chain_signatures(configs, *, drop=()) -> list[dict]:
+    """Signatures of a variant's stages before any is trained: a stage whose ``init_from`` names
+    the previous stage of the chain takes that stage's signature."""
+    sigs = []
+    for i, config in enumerate(configs):
+        previous = sigs[-1] if i and config.init_from == configs[i - 1].stage else None
+        sigs.append(signature(config, upstream=previous, drop=drop))
+    return sigs
+
+
+def folder_fingerprint(folder: Path, *, drop=()) -> str:
+    """The fingerprint of the stage saved in ``folder`` (its ``config.json``)."""
+    return fingerprint(signature(json.loads((Path(folder) / "config.json").read_text()), drop=drop))
+
+
+def fingerprint(sig: dict) -> str:
+    return hashlib.sha1(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _history(folder: Path) -> list:
+    path = folder / "history.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def stage_complete(folder: Path) -> bool:
+    """``best.pt`` exists and the trainer recorded the end of the stage (all epochs or an early
+    stop) in its history; stage 3 with ``mode="finetune"``: of its fine-tuning too."""
+    folder = Path(folder)
+    if not ((folder / BEST).is_file() and (folder / "config.json").is_file()):
+        return False
+    cfg = json.loads((folder / "config.json").read_text())
+    done = ended(_history(folder))
+    if cfg.get("mode") == "finetune" and cfg.get("finetune_epochs", 0) > 0:
+        done = done and ended(_history(folder / "finetune"))
+    return done
+
+
+def _candidates(run_root: Path, stage: str) -> list[Path]:
+    return [p for p in [run_root / stage, *sorted((run_root / "ablation").glob(f"*/seed*/{stage}"))] if p.is_dir()]
+
+
+def is_done(folder: Path, fp: str) -> bool:
+    """``folder`` holds a complete stage of fingerprint ``fp``."""
+    return stage_complete(folder) and folder_fingerprint(folder) == fp
+
+
+def find_equal(stage: str, fp: str, run_root, *, exclude=None) -> Path | None:
+    """A complete ``stage`` folder under ``run_root`` with fingerprint ``fp`` (not ``exclude``)."""
+    for folder in _candidates(Path(run_root), stage):
+        if folder != exclude and is_done(folder, fp):
+            return Path(os.path.realpath(folder))
+    return None
+
+
+def observed_seconds(config, run_root) -> float | None:
+    """Training seconds (history) of a complete stage under ``run_root`` with the same settings
+    up to the seed and the upstream weights (which do not change the cost)."""
+    drop = ("seed", "init_from")
+    want = fingerprint(signature(config, drop=drop))
+    for folder in _candidates(Path(run_root), config.stage):
+        if stage_complete(folder) and folder_fingerprint(folder, drop=drop) == want:
+            return float(sum(r.get("seconds", 0.0) for r in _history(folder) + _history(folder / "finetune")))
+    return None

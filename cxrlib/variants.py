@@ -1,0 +1,62 @@
+"""The ablation variants of notebook 07 as data: what each trains, and which claim it tests.
+
+A variant is a chain of ordinary stages (``(stage, config overrides)``, trained in order by
+:mod:`cxrlib.ablation`) plus where its diagnosis and its gaze map come from. The claims are the
+paper's (arXiv:2403.16970, the ablation and the baselines). This module imports nothing heavy,
+so the config check (:mod:`cxrlib.config`) and the report (:mod:`cxrlib.results`) can use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    claim: str  # what comparing it with the full method tests
+    chain: tuple  # ((stage, config overrides), ...), trained in order
+    classifier: str  # the stage whose model gives the diagnosis
+    saliency: str  # the stage whose model gives the map; "gradcam": Grad-CAM of `classifier`
+
+
+_COOPERATIVE = (("stage1a", {}), ("stage1b", {}), ("stage2", {}), ("stage3", {}))
+VARIANTS = {
+    "full": Variant("full method", "reference: stages 1a -> 1b -> 2 -> 3", _COOPERATIVE, "stage3", "stage3"),
+    "joint": Variant("joint, one stage", "the multi-stage cooperative schedule helps",
+                     (("joint", {"model": "dual"}),), "joint", "joint"),
+    "no_contrastive": Variant("no contrastive 1a", "contrastive pretraining helps",
+                              (("stage1b", {"init_from": "none"}), ("stage2", {}), ("stage3", {})), "stage3", "stage3"),
+    "no_fusion": Variant("no fusion (1b head)", "the multi-scale fusion classifier helps",
+                         _COOPERATIVE[:3], "stage1b", "stage2"),
+    "mtunet": Variant("MT-UNet", "the method beats MT-UNet (Zhu et al. 2022)",
+                      (("joint", {"model": "mtunet"}),), "joint", "joint"),
+    "resse_unet": Variant("Res-SE UNet", "DenseNet201 + the schedule help (against MT-UNet: the Res-SE blocks)",
+                          (("joint", {"model": "resse_unet"}),), "joint", "joint"),
+    "densenet": Variant("DenseNet201 + Grad-CAM", "multi-task beats a single-task classifier and its Grad-CAM",
+                        (("stage1b", {"init_from": "none"}),), "stage1b", "gradcam"),
+}
+
+
+def describe_variants(names=None) -> "pd.DataFrame":
+    """The registry as a table: what each variant trains and what it tests."""
+    import pandas as pd
+
+    def chain(v):
+        return " -> ".join(stage + "".join(f" ({k}={val})" for k, val in o.items()) for stage, o in v.chain)
+
+    return pd.DataFrame([{"variant": n, "label": v.label, "stages": chain(v), "diagnosis from": v.classifier,
+                          "map from": "Grad-CAM of " + v.classifier if v.saliency == "gradcam" else v.saliency,
+                          "tests": v.claim} for n, v in VARIANTS.items() if names is None or n in names])
+
+
+def check_results_config(config) -> None:
+    """Fail at the config cell on an unknown variant or a bad seed list."""
+    for name in (*config.variants, config.reference):
+        if name not in VARIANTS:
+            raise ValueError(f"unknown variant {name!r}; valid variants: {', '.join(VARIANTS)}")
+    if not config.variants or len(set(config.variants)) != len(config.variants):
+        raise ValueError(f"parameter 'variants' must list distinct variants, got {config.variants!r}")
+    if not config.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in config.seeds) \
+            or len(set(config.seeds)) != len(config.seeds):
+        raise ValueError(f"parameter 'seeds' must be distinct integers, got {config.seeds!r}")
