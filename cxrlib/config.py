@@ -22,7 +22,15 @@ import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from cxrlib.runfolder import atomic_write_text, stage_lock
+from cxrlib.validation import ParameterError, check_data_roots, check_ranges
+
 PROFILES = ("smoke", "demo", "paper")
+# Fields that do not change a stage's weights: a resumed stage may differ in them.
+NOT_WEIGHT_FIELDS = frozenset({
+    "run_dir", "resume", "device", "num_workers", "eval_batch_size", "n_boot", "reuse_frozen_features",
+    "sync_batchnorm", "deterministic", "channels_last", "compile", "activation_checkpointing",
+    "examples_per_class", "max_images", "cam_methods"})
 
 
 @dataclass
@@ -38,7 +46,7 @@ class StageConfig:
     image_size: tuple = (320, 256)
     gaze_source: str = "eye_gaze"
     sigma: float = 75.5
-    sigma_frac: float | None = None
+    sigma_frac: float | None = None  # fraction of the native long side (wins); None: `sigma` in pixels
     weighting: str = "count"
     resize: str = "pad_resize"
     seed: int = 0
@@ -61,6 +69,7 @@ class StageConfig:
     reuse_frozen_features: bool = True
     eval_batch_size: int = 16
     n_boot: int = 1000
+    deterministic: bool | None = None  # repeatable kernels; None: on for CPU, off for CUDA (speed)
 
     stage: typing.ClassVar[str] = "common"
 
@@ -72,10 +81,11 @@ class StageConfig:
         return {"stage": self.stage, **asdict(self)}
 
     def save(self, path=None) -> Path:
-        path = Path(path) if path is not None else self.stage_dir / "config.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str))
-        return path
+        text = json.dumps(self.to_dict(), indent=2, default=str)
+        if path is not None:
+            return atomic_write_text(path, text)
+        with stage_lock(self.stage_dir):  # not while another process trains this stage
+            return atomic_write_text(self.stage_dir / "config.json", text)
 
 
 @dataclass
@@ -219,7 +229,7 @@ def _check_type(name: str, value, annotation):
     if value is None:
         if type(None) in options:
             return None
-        raise TypeError(f"parameter {name!r} may not be None")
+        raise ParameterError(f"parameter {name!r} may not be None")
     for option in options:
         if option is type(None):
             continue
@@ -234,21 +244,21 @@ def _check_type(name: str, value, annotation):
         if option is tuple and isinstance(value, (list, tuple)):
             return tuple(value)
     wanted = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    raise TypeError(f"parameter {name!r} must be {wanted}, got {value!r} ({type(value).__name__})")
+    raise ParameterError(f"parameter {name!r} must be {wanted}, got {value!r} ({type(value).__name__})")
 
 
 def make_config(stage: str, profile: str = "smoke", **params):
     """The config of ``stage`` under ``profile``, with ``params`` (not None) on top."""
     if stage not in STAGE_CONFIGS:
-        raise ValueError(f"unknown stage {stage!r}; valid: {sorted(STAGE_CONFIGS)}")
+        raise ParameterError(f"unknown stage {stage!r}; valid: {sorted(STAGE_CONFIGS)}")
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; valid: {PROFILES}")
+        raise ParameterError(f"unknown profile {profile!r}; valid: {PROFILES}")
     cls = STAGE_CONFIGS[stage]
     hints = typing.get_type_hints(cls)
     valid = [f.name for f in fields(cls)]
     unknown = sorted(set(params) - set(valid))
     if unknown:
-        raise TypeError(
+        raise ParameterError(
             f"unknown parameter(s) {unknown} for {cls.__name__} ({stage}); valid parameters: {', '.join(valid)}"
         )
     merged = {}
@@ -256,6 +266,7 @@ def make_config(stage: str, profile: str = "smoke", **params):
     for source in (defaults.get("common", {}), defaults.get(stage, {})):
         merged.update({k: v for k, v in source.items() if k in valid})
     merged.update({k: v for k, v in params.items() if v is not None})
+    _explicit_sigma(merged, params)
     merged["profile"] = profile
     checked = {k: _check_type(k, v, hints[k]) for k, v in merged.items()}
     config = cls(**checked)
@@ -265,14 +276,16 @@ def make_config(stage: str, profile: str = "smoke", **params):
 def _finalise(config):
     from cxrlib.data.geometry import check_image_size
 
-    config.image_size = check_image_size(config.image_size)
+    try:
+        config.image_size = check_image_size(config.image_size)
+    except ValueError as err:
+        raise ParameterError(f"parameter 'image_size': {err}") from None
     if config.run_dir is None:  # CXRLIB_RUN_DIR lets the test suite run notebooks in a fresh folder
         config.run_dir = os.environ.get("CXRLIB_RUN_DIR") or str(repository_root() / "runs" / config.profile)
     config.run_dir = str(Path(config.run_dir).expanduser().resolve())
-    if config.sigma_frac is not None and config.sigma_frac <= 0:  # 0 switches back to sigma in pixels
-        config.sigma_frac = None
     if config.egd_root is not None and config.image_root is None:
         config.image_root = config.egd_root
+    check_data_roots(config)
     choices = {"gaze_source": ("eye_gaze", "fixations"), "weighting": ("count", "duration"),
                "resize": ("pad_resize", "stride"), "frozen_bn": ("eval", "train")}
     if isinstance(config, ContrastiveConfig):
@@ -287,11 +300,16 @@ def _finalise(config):
         check_results_config(config)
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
-            raise ValueError(f"parameter {name!r} must be one of {allowed}, got {getattr(config, name)!r}")
-    for name in ("epochs", "batch_size", "synthetic_images", "eval_batch_size"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"parameter {name!r} must be at least 1, got {getattr(config, name)}")
+            raise ParameterError(f"parameter {name!r} must be one of {allowed}, got {getattr(config, name)!r}")
+    check_ranges(config)
     return config
+
+
+def _explicit_sigma(merged: dict, params: dict) -> None:
+    """A ``sigma`` (native pixels) the caller sets replaces the profile's ``sigma_frac``, unless the
+    caller sets ``sigma_frac`` too (which then wins, as in EGDDataset): the way back to pixels."""
+    if params.get("sigma") is not None and params.get("sigma_frac") is None:
+        merged["sigma_frac"] = None
 
 
 _NOT_PARAMETERS = {"In", "Out", "exit", "quit", "get_ipython", "display", "IN_COLAB"}

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrlib import distributed, losses
+from cxrlib import distributed, losses, runfolder
+from cxrlib.checkpoints import load_weights, resolve_init
 from cxrlib.data import EGDDataset, collate, load_or_make_splits, read_master_sheet, split_ids
 from cxrlib.data.augment import random_view
 from cxrlib.model import DenseNetClassifier, DualEncoderMTUNet, build_model
@@ -77,7 +78,7 @@ def prepare_data(config, *, progress: bool = True) -> DataBundle:
 
     Under torchrun rank 0 writes the synthetic data and the split first; the others then read them.
     """
-    with distributed.main_first():
+    with distributed.main_first(), runfolder.data_lock(config.run_dir):  # one writer of the data at a time
         egd_root, image_root = ensure_data(config, progress=progress and distributed.is_main())
         sheet = read_master_sheet(egd_root / "master_sheet.csv")
         splits = load_or_make_splits(Path(config.run_dir) / "splits.csv", sheet, seed=config.data_seed)
@@ -93,18 +94,17 @@ def checkpoint_path(config, stage: str | None = None) -> Path:
 
 def initialise(model: nn.Module, config) -> str:
     """Load the upstream stage's best weights (``init_from``); return what was done."""
-    source = config.init_from
-    if source is None or str(source).lower() == "none":
+    path = resolve_init(config)  # an explicit path or stage that does not resolve raises
+    if path is None:
         return "random initialisation" + (" (+ ImageNet DenseNet)" if config.pretrained else "")
-    path = Path(source) if str(source).endswith(".pt") else checkpoint_path(config, source)
-    if not path.is_file():
-        warn_missing_init(config.stage, path, config.profile)
+    if not path.is_file():  # the default upstream stage, absent in a smoke run (warned)
         return f"random initialisation ({path} missing)"
     parts = load_init(model, path, parts=INIT_PARTS.get(config.stage))
     return f"initialised {', '.join(parts)} from {path}"
 
 
 def build_stage_model(config) -> nn.Module:
+    seed_everything(config.seed)  # the random init must not depend on what ran before (a notebook's cells)
     # ImageNet weights only for a stage that starts from scratch: the others get their DenseNet
     # from the upstream checkpoint (init_from), so loading ImageNet first would be wasted work.
     fresh = config.init_from is None or str(config.init_from).lower() == "none"
@@ -309,7 +309,7 @@ def load_stage_model(config, stage: str = "stage3", *, model_name: str | None = 
     saved = state["config"]
     model = _build_named(model_name or _model_name(stage, saved), densenet_arch=saved["densenet_arch"],
                          base_width=saved["base_width"])
-    model.load_state_dict(state["model"])
+    load_weights(model, state, checkpoint_path(config, stage))
     return model.to(_device(config)).eval()
 
 
