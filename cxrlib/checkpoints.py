@@ -91,9 +91,15 @@ def _advice(path: Path) -> str:
 
 
 def _reason(err: Exception) -> str:
-    """PyTorch's first line, without its advice to load with weights_only=False."""
-    first = (str(err).strip().splitlines() or [""])[0]
-    if "weights_only" in first or not first:
+    """PyTorch's own reason, without its advice to load with weights_only=False."""
+    import re
+
+    text = str(err)
+    unsupported = re.search(r"Unsupported (global: GLOBAL \S+|operand \S+|[^.\n]*)", text)
+    if unsupported:
+        return f"{type(err).__name__}: {unsupported.group(0)}"
+    first = (text.strip().splitlines() or [""])[0]
+    if not first or "weights_only" in first or "Weights only" in first:
         return type(err).__name__
     return f"{type(err).__name__}: {first[:200]}"
 
@@ -111,12 +117,12 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     size = path.stat().st_size
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path}: holds Python objects other than tensors and plain values, which cxrlib does not "
-            f"unpickle ({_reason(err)}); save the weights alone (torch.save(model.state_dict(), path)), "
-            f"or {_advice(path)}") from None
     except Exception as err:  # truncated zip, garbage, wrong format: assorted errors deep in torch
+        if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err):
+            raise CheckpointError(
+                f"{path}: holds Python objects other than tensors and plain values, which cxrlib does not "
+                f"unpickle ({_reason(err)}); save the weights alone (torch.save(model.state_dict(), path)), "
+                f"or {_advice(path)}") from None
         raise CheckpointError(
             f"{path}: cannot read this checkpoint ({size} bytes; truncated, or not a PyTorch file: "
             f"{_reason(err)}); {_advice(path)}") from None

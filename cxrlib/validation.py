@@ -43,7 +43,7 @@ def check_ranges(config) -> None:
             raise ParameterError(f"parameter {name!r} must be {wanted}, got {getattr(config, name)!r}")
     for seed in getattr(config, "seeds", ()):
         if not (isinstance(seed, int) and 0 <= seed <= _SEED_MAX):
-            raise ParameterError(f"parameter 'seeds' must hold integers in [0, {_SEED_MAX}], got {seed!r}")
+            raise ParameterError(f"parameter 'seeds' must be integers in [0, {_SEED_MAX}], got {seed!r}")
 
 
 def check_data_roots(config) -> None:

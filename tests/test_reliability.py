@@ -233,7 +233,7 @@ def test_truncated_dicom_and_corrupt_jpeg2000(tmp_path):
     with pytest.raises(ValueError) as err:
         read_dicom(broken)
     assert "broken.dcm" in str(err.value) and "JPEG 2000" in str(err.value) and "corrupt" in str(err.value)
-    assert "install" not in str(err.value)
+    assert "pip install" not in str(err.value)  # the decoders are installed: not a missing handler
 
 
 def test_damaged_cache_entry_is_named_and_rebuilt(egd, tmp_path):
