@@ -377,7 +377,10 @@ def _progress(iterable, *, total, desc, enabled):
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, leave=False)
+    # An iterator, not the DataLoader: tqdm.auto's bar calls iter() on what it gets once more,
+    # and every DataLoader iterator draws a seed from the loader's generator, so the bar alone
+    # changed the shuffled order (a notebook, with bars, trained otherwise than --no-progress).
+    return tqdm(iter(iterable), total=total, desc=desc, leave=False)
 
 
 @torch.no_grad()

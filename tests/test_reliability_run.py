@@ -37,11 +37,11 @@ def samples(n):
     return [{"x": torch.randn(4, generator=g), "label": i % 3} for i in range(n)]
 
 
-def fit(run_dir, data=(16, 8), stop_after=None, **kw):
+def fit(run_dir, data=(16, 8), stop_after=None, progress=False, **kw):
     kw.setdefault("epochs", 3)
     config = make_config("stage1b", "smoke", run_dir=str(run_dir), init_from="none", **kw)
     torch.manual_seed(0)
-    trainer = Trainer(Tiny(), config, train_parts=("head",), loss_fn=step, progress=False)
+    trainer = Trainer(Tiny(), config, train_parts=("head",), loss_fn=step, progress=progress)
     return trainer, trainer.fit(samples(data[0]), samples(data[1]), stop_after=stop_after)
 
 
@@ -106,23 +106,30 @@ def test_a_second_trainer_of_the_same_stage_is_refused(tmp_path):
 
 
 # -- 14. a seeded stage repeats bit for bit --------------------------------------------------
+def test_progress_bars_do_not_change_the_batch_order(tmp_path):
+    quiet, _ = fit(tmp_path / "quiet", epochs=2)
+    bars, _ = fit(tmp_path / "bars", epochs=2, progress=True)
+    assert all(torch.equal(a, b) for a, b in zip(quiet.model.state_dict().values(), bars.model.state_dict().values()))
+
+
 NOTEBOOK_PATH = """
 import sys, torch
 from cxrlib import stages
 from cxrlib.config import make_config
 torch.seed()  # a fresh kernel's global generator: random, as before any seeding
 config = make_config("stage1a", "smoke", run_dir=sys.argv[1], egd_root=sys.argv[2], epochs=2)
+bars = sys.argv[3] == "bars"
 data = stages.prepare_data(config, progress=False)
 model = stages.build_stage_model(config)  # as notebook 02 does, before run_stage
 stages.embeddings(model, data.train, config)
-stages.run_stage(config, data, model=model, progress=False)
+stages.run_stage(config, data, model=model, progress=bars)
 """
 
 
 def test_seeded_stage_repeats_bit_for_bit_in_fresh_processes(tmp_path):
     egd = make_egd_like(tmp_path / "egd", n_images=18, seed=2, progress=False)
-    for k in range(2):  # different hash seeds: no dependence on set or dict order of strings
-        subprocess.run([sys.executable, "-c", NOTEBOOK_PATH, str(tmp_path / f"run{k}"), str(egd)], check=True,
+    for k, bars in enumerate(("bars", "quiet")):  # a notebook (bars) and cxrlib train --no-progress
+        subprocess.run([sys.executable, "-c", NOTEBOOK_PATH, str(tmp_path / f"run{k}"), str(egd), bars], check=True,
                        env={**ENV, "PYTHONHASHSEED": str(k + 1)}, capture_output=True, timeout=600)
     a, b = (load_checkpoint(tmp_path / f"run{k}" / "stage1a" / BEST)["model"] for k in range(2))
     assert a.keys() == b.keys()
