@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP_FLAGS ?= --disable-pip-version-check --quiet
 
-.PHONY: install demo smoke test bench
+.PHONY: install demo smoke test bench figures colab-urls
 
 install:
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e ".[dev]"
@@ -21,3 +21,13 @@ test: install
 bench: install
 	$(PYTHON) -m cxrlib bench
 	$(PYTHON) -m cxrlib bench-data
+
+# Deliberate, never part of a run: copy the demo run's figures (synthetic data only) into the
+# tracked figures/ folder. Demo runs write them under runs/demo/figures/.
+figures:
+	$(PYTHON) -c "from cxrlib.plots import publish_figures; publish_figures()"
+
+# After changing [project.urls] Repository in pyproject.toml (a fork): rewrite every notebook's
+# install cell and Colab badge from it.
+colab-urls:
+	$(PYTHON) -c "from cxrlib.colab import sync_notebooks; print(*sync_notebooks() or ['notebooks already match'], sep='\n')"

@@ -19,7 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cxrlib.model import MODEL_NAMES, build_model
+from cxrlib import precision
+from cxrlib.model import MODEL_NAMES, build_model, set_activation_checkpointing
 from cxrlib.runtime import default_device
 
 __all__ = ["benchmark_models", "format_benchmark", "main"]
@@ -27,13 +28,12 @@ __all__ = ["benchmark_models", "format_benchmark", "main"]
 _UNETS = ("dual", "mtunet", "resse_unet")  # the models that take base_width
 
 
-def _amp_dtype(device: torch.device, amp) -> torch.dtype | None:
-    """AMP only where it applies (style.md, principle 12): CUDA, bf16 if supported else fp16."""
-    if device.type != "cuda" or amp in (False, "none"):
-        return None
-    if amp in (None, True, "auto"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+def _autocast(device: torch.device, amp) -> "precision.Autocast":
+    """``--amp`` auto/bf16/fp16/none as the trainer's autocast set-up (cxrlib.precision): AMP on
+    CUDA only, bf16 only on cards that have it natively unless asked for."""
+    if amp in (False, "none"):
+        return precision.autocast_settings(device, False)
+    return precision.autocast_settings(device, None, "auto" if amp in (None, True, "auto") else amp)
 
 
 def _device_name(device: torch.device) -> str:
@@ -116,6 +116,14 @@ class _PeakMemory:
             self.start = self._rss_kib(peak=True)
         return self
 
+    def reset(self) -> float:
+        """The peak so far (MiB), then start a new measurement (CUDA only; elsewhere 0 and no reset)."""
+        if self.device.type != "cuda":
+            return 0.0
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return peak
+
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20
@@ -143,34 +151,40 @@ def _throughput(step, n_images: int, steps: int, warmup: int, device: torch.devi
     return n_images * steps / (time.perf_counter() - start)
 
 
-def _bench_one(name, *, image_size, batch_size, device, steps, warmup, dtype, base_width) -> dict:
+def _bench_one(name, *, image_size, batch_size, device, steps, warmup, autocast, base_width,
+               channels_last=None, compile=False, checkpointing=False) -> dict:
     h, w = image_size
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(batch_size, 1, h, w, generator=gen).to(device)
+    cl = precision.use_channels_last(device, channels_last)
+    x = precision.to_memory_format(torch.rand(batch_size, 1, h, w, generator=gen).to(device), cl)
     y = torch.randint(0, 3, (batch_size,), generator=gen).to(device)
     target = torch.rand(batch_size, 1, h, w, generator=gen)
     target = (target / target.sum(dim=(2, 3), keepdim=True)).to(device)  # sums to 1 per image
     kwargs = {"base_width": base_width} if name in _UNETS else {}
-    autocast = dict(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+    precision.configure_backends(device)
 
     with _PeakMemory(device) as memory:
         model = build_model(name, **kwargs).to(device)
+        if cl:
+            model.to(memory_format=torch.channels_last)
+        set_activation_checkpointing(model, checkpointing)
         params = sum(p.numel() for p in model.parameters())
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        opt = precision.adam(model.parameters(), lr=1e-4, device=device)
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+        scaler = torch.amp.GradScaler(device.type, enabled=autocast.scaler)
+        forward = precision.compile_step(model, compile, what=name)
 
         def train_step():
-            with torch.autocast(**autocast):
-                loss = _losses(model(x), y, target)
+            with torch.autocast(device.type, dtype=autocast.dtype, enabled=autocast.enabled):
+                loss = _losses(forward(x), y, target)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
 
         def infer_step():
-            with torch.no_grad(), torch.autocast(**autocast):
-                model(x)
+            with torch.no_grad(), torch.autocast(device.type, dtype=autocast.dtype, enabled=autocast.enabled):
+                forward(x)
 
         model.train()
         train_rate = _throughput(train_step, batch_size, steps, warmup, device)
@@ -182,7 +196,9 @@ def _bench_one(name, *, image_size, batch_size, device, steps, warmup, dtype, ba
         "device": _device_name(device),
         "image_size": f"{h}x{w}",
         "batch_size": batch_size,
-        "amp": {torch.bfloat16: "bf16", torch.float16: "fp16", None: "none"}[dtype],
+        "amp": autocast.name if autocast.enabled else "none",
+        "options": ",".join([o for o, on in (("channels_last", cl), ("compile", compile),
+                                             ("checkpointing", checkpointing)) if on]) or "-",
         "params": params,
         "train_img_s": train_rate,
         "infer_img_s": infer_rate,
@@ -192,11 +208,14 @@ def _bench_one(name, *, image_size, batch_size, device, steps, warmup, dtype, ba
 
 
 def benchmark_models(names=("dual", "mtunet", "densenet"), *, image_size=(320, 256), batch_size: int = 2,
-                     device=None, steps: int = 3, warmup: int = 1, amp=None, base_width: int = 64) -> list[dict]:
+                     device=None, steps: int = 3, warmup: int = 1, amp=None, base_width: int = 64,
+                     channels_last=None, compile: bool = False, checkpointing: bool = False) -> list[dict]:
     """One row per model: params, train/inference images per second, peak memory, device, AMP.
 
-    ``amp``: None/"auto" (CUDA: bf16 if supported else fp16; none elsewhere), "bf16", "fp16",
-    or False/"none". Inputs are random: this measures cost, not accuracy.
+    ``amp``: None/"auto" (CUDA: bf16 on cards with native bf16, else fp16; none elsewhere),
+    "bf16", "fp16", or False/"none". ``channels_last`` (None: CUDA only), ``compile`` and
+    ``checkpointing`` as the trainer's options of the same names. Inputs are random: this
+    measures cost, not accuracy.
     """
     device = torch.device(device) if device is not None else default_device()
     h, w = image_size
@@ -205,11 +224,12 @@ def benchmark_models(names=("dual", "mtunet", "densenet"), *, image_size=(320, 2
     unknown = [n for n in names if n not in MODEL_NAMES]
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; valid names: {', '.join(MODEL_NAMES)}")
-    dtype = _amp_dtype(device, amp)
+    autocast = _autocast(device, amp)
     rows = []
     for name in names:
         rows.append(_bench_one(name, image_size=(h, w), batch_size=batch_size, device=device,
-                               steps=steps, warmup=warmup, dtype=dtype, base_width=base_width))
+                               steps=steps, warmup=warmup, autocast=autocast, base_width=base_width,
+                               channels_last=channels_last, compile=compile, checkpointing=checkpointing))
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -222,37 +242,59 @@ def format_benchmark(rows: list[dict]) -> str:
         return "(no models)"
     measure = rows[0]["memory_measure"]
     header = ("model", "params", "train img/s", "infer img/s", f"peak MiB ({measure})",
-              "amp", "batch", "image", "device")
+              "amp", "batch", "image", "options", "device")
     cells = [header] + [
         (r["model"], f"{r['params'] / 1e6:.2f}M", f"{r['train_img_s']:.2f}", f"{r['infer_img_s']:.2f}",
-         f"{r['peak_mem_mib']:.0f}", r["amp"], str(r["batch_size"]), r["image_size"], r["device"])
+         f"{r['peak_mem_mib']:.0f}", r["amp"], str(r["batch_size"]), r["image_size"], r["options"], r["device"])
         for r in rows
     ]
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
-    left = {0, 5, 7, 8}  # text columns left-aligned, numbers right-aligned
+    left = {0, 5, 7, 8, 9}  # text columns left-aligned, numbers right-aligned
     lines = ["  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in cells]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(line.rstrip() for line in lines)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Options of ``cxrlib bench``: whole networks (``--models``) or training stages (``--stage``)."""
     parser = argparse.ArgumentParser(prog="cxrlib bench", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["dual", "mtunet", "densenet"], choices=MODEL_NAMES)
-    parser.add_argument("--image-size", nargs=2, type=int, default=[320, 256], metavar=("H", "W"))
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--image-size", nargs=2, type=int, default=None, metavar=("H", "W"),
+                        help="default: 320 256 (--models), the profile's (--stage)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 2 (--models), the profile's (--stage)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default=None, help="default: cxrlib.runtime.default_device()")
-    parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
-    parser.add_argument("--base-width", type=int, default=64)
-    args = parser.parse_args(argv)
-    rows = benchmark_models(args.models, image_size=tuple(args.image_size), batch_size=args.batch_size,
-                            device=args.device, steps=args.steps, warmup=args.warmup, amp=args.amp,
-                            base_width=args.base_width)
+    parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"],
+                        help="auto: bf16 on cards with native bf16, else fp16; fp16 stands for a T4")
+    parser.add_argument("--base-width", type=int, default=None)
+    parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto", help="auto: CUDA only")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the step")
+    parser.add_argument("--checkpointing", choices=["auto", "on", "off"], default="auto",
+                        help="activation checkpointing; auto: off (--models), the profile's (--stage)")
+    parser.add_argument("--stage", nargs="+", default=None, metavar="STAGE",
+                        help="time these training stages as the trainer configures them "
+                             "(stage1a stage1b stage2 stage3 joint) instead of whole networks")
+    parser.add_argument("--profile", default="paper", choices=["smoke", "demo", "paper"], help="with --stage")
+    return parser
+
+
+def _switch(value: str):
+    return {"auto": None, "on": True, "off": False}[value]
+
+
+def run_models(args) -> int:
+    """``cxrlib bench --models ...``: print the table of :func:`benchmark_models`."""
+    rows = benchmark_models(args.models, image_size=tuple(args.image_size or (320, 256)),
+                            batch_size=args.batch_size or 2, device=args.device, steps=args.steps,
+                            warmup=args.warmup, amp=args.amp, base_width=args.base_width or 64,
+                            channels_last=_switch(args.channels_last), compile=args.compile,
+                            checkpointing=bool(_switch(args.checkpointing)))
     print(format_benchmark(rows))
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def main(argv=None) -> int:
+    """The whole-network benchmark alone (``cxrlib bench`` also takes ``--stage``: see cxrlib.cli)."""
+    return run_models(build_parser().parse_args(argv))

@@ -28,8 +28,8 @@ from cxrlib.runfolder import unique_tmp
 
 BEST, LAST = "best.pt", "last.pt"
 INTEGRITY = "integrity"
-# Stages that write best.pt / last.pt (init_from may name them).
-CHECKPOINT_STAGES = tuple(s for s in STAGE_CONFIGS if s not in ("data", "explain", "results"))
+# Stages that train and write best.pt / last.pt (init_from may name them).
+CHECKPOINT_STAGES = tuple(s for s in ("stage1a", "stage1b", "stage2", "stage3", "joint") if s in STAGE_CONFIGS)
 
 
 class CheckpointError(RuntimeError):

@@ -14,6 +14,12 @@ import sys
 
 
 def _synth(args) -> int:
+    if args.format == "reflacx":
+        from cxrlib.synthetic_reflacx import make_reflacx_like
+
+        out = make_reflacx_like(args.out_dir, n_images=args.n_images, seed=args.seed, overwrite=args.overwrite)
+        print(f"synthetic REFLACX-format data set in {out} (reflacx_root = reflacx_image_root = this folder)")
+        return 0
     from cxrlib.synthetic import make_egd_like
 
     out = make_egd_like(args.out_dir, n_images=args.n_images, seed=args.seed, overwrite=args.overwrite)
@@ -106,11 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the traceback of an error (also: CXRLIB_DEBUG=1); allowed anywhere")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("synth", help="write the synthetic EGD-format data set")
+    p = sub.add_parser("synth", help="write a synthetic data set (EGD-CXR or REFLACX format)")
     p.add_argument("out_dir")
     p.add_argument("--n-images", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--format", choices=("egd", "reflacx"), default="egd",
+                   help="egd: EGD-CXR layout (default); reflacx: REFLACX layout, several readers per image")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("run", help="execute the notebooks in order with papermill")
@@ -145,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_ablate)
 
-    sub.add_parser("bench", help="model throughput and memory (cxrlib bench --help for its options)")
+    sub.add_parser("bench", help="network or per-stage throughput and memory (cxrlib bench --help for its options)")
 
     p = sub.add_parser("bench-data", help="loader samples/s, cold (decode) and warm (cache)")
     p.add_argument("--n-images", type=int, default=60)
@@ -167,10 +175,11 @@ def main(argv=None) -> int:
     argv = [a for a in argv if a != "--debug"]
     command = argv[0] if argv and not argv[0].startswith("-") else ""
     try:
-        if argv[:1] == ["bench"]:  # its own parser (cxrlib.bench.main): hand over every option
-            from cxrlib import bench
+        if argv[:1] == ["bench"]:  # its own parser (cxrlib.bench.build_parser): hand over every option
+            from cxrlib import bench, bench_stages
 
-            return bench.main(argv[1:]) or 0
+            bench_args = bench.build_parser().parse_args(argv[1:])
+            return (bench_stages.run_stages if bench_args.stage else bench.run_models)(bench_args)
         args = build_parser().parse_args(argv)  # a usage error exits 2 with argparse's message
         return args.func(args)
     except KeyboardInterrupt:

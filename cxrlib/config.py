@@ -62,6 +62,10 @@ class StageConfig:
     early_stopping: int = 0  # epochs without improvement before stopping; 0: never
     max_steps_per_epoch: int | None = None
     amp: bool | None = None  # None: on for CUDA only
+    amp_dtype: str = "auto"  # auto: bf16 on cards with native bf16 (compute capability >= 8.0), else fp16 + scaler
+    channels_last: bool | None = None  # None: on CUDA only (faster convolutions there, slower on the CPU)
+    compile: bool = False  # torch.compile the training step; falls back to eager with a warning
+    activation_checkpointing: bool = False  # recompute UNet levels in the backward pass: less memory, slower
     sync_batchnorm: bool = False  # under torchrun on CUDA: BatchNorm statistics over all GPUs
     resume: bool = False
     init_from: str | None = None  # a stage name in run_dir, or a checkpoint path
@@ -198,8 +202,10 @@ PROFILE_DEFAULTS = {
         "results": {"seeds": (0, 1, 2), "train": False},
     },
     "paper": {
+        # activation checkpointing keeps every stage within a 16 GB T4 (README, "On a GPU")
         "common": {"synthetic_images": 1083, "image_size": (640, 512), "pretrained": True, "base_width": 64,
-                   "sigma": 75.5, "gaze_source": "eye_gaze", "plateau_patience": 40, "n_boot": 1000},
+                   "sigma": 75.5, "gaze_source": "eye_gaze", "plateau_patience": 40, "n_boot": 1000,
+                   "activation_checkpointing": True},
         "stage1a": {"image_size": (320, 256), "epochs": 50, "batch_size": 32},
         "stage1b": {"epochs": 10, "batch_size": 16},
         "stage2": {"epochs": 50, "batch_size": 16},
@@ -287,7 +293,8 @@ def _finalise(config):
         config.image_root = config.egd_root
     check_data_roots(config)
     choices = {"gaze_source": ("eye_gaze", "fixations"), "weighting": ("count", "duration"),
-               "resize": ("pad_resize", "stride"), "frozen_bn": ("eval", "train")}
+               "resize": ("pad_resize", "stride"), "frozen_bn": ("eval", "train"),
+               "amp_dtype": ("auto", "bf16", "fp16")}
     if isinstance(config, ContrastiveConfig):
         choices["loss"] = ("triplet", "supcon", "ntxent")
     if isinstance(config, FusionConfig):
@@ -340,3 +347,37 @@ def load_config(path):
 
 def parameter_names(stage: str) -> list[str]:
     return [f.name for f in fields(STAGE_CONFIGS[stage])]
+
+
+@dataclass
+class ExternalConfig(StageConfig):
+    """Notebook 08: the stage-3 model on REFLACX (another eye tracker, five other radiologists),
+    beside the centre bias and the inter-reader ceiling (``cxrlib.external``).
+
+    ``reflacx_root`` None: a synthetic REFLACX-format set in the run folder. ``label_mapping``
+    None: saliency only; ``"certainty"``: the rule in ``cxrlib.data.reflacx.LABEL_MAPPINGS``.
+    """
+
+    stage: typing.ClassVar[str] = "external"
+    init_from: str | None = "stage3"
+    reflacx_root: str | None = None  # folder holding main_data/ (reflacx-xray-localization/1.0.0)
+    reflacx_image_root: str | None = None  # MIMIC-CXR(-JPG) root holding files/p10/...; None: image_root
+    reflacx_phases: tuple = (1, 2, 3)
+    label_mapping: str | None = None
+    min_readers: int = 2  # readers an image needs to enter the inter-reader ceiling
+    synthetic_reflacx_images: int = 40
+    example_image: str | None = None  # dicom_id of the readers figure; None: the most-read image
+
+    def __post_init__(self):
+        if self.label_mapping is not None and self.label_mapping not in ("none", "certainty"):
+            raise ValueError(f"parameter 'label_mapping' must be None, 'none' or 'certainty', got {self.label_mapping!r}")
+        if self.min_readers < 2:
+            raise ValueError(f"parameter 'min_readers' must be at least 2 (a ceiling needs other readers), got {self.min_readers}")
+        if not set(self.reflacx_phases) <= {1, 2, 3}:
+            raise ValueError(f"parameter 'reflacx_phases' must be a subset of (1, 2, 3), got {self.reflacx_phases!r}")
+
+
+STAGE_CONFIGS[ExternalConfig.stage] = ExternalConfig
+PROFILE_DEFAULTS["smoke"]["external"] = {"synthetic_reflacx_images": 8}
+PROFILE_DEFAULTS["demo"]["external"] = {"synthetic_reflacx_images": 40}
+PROFILE_DEFAULTS["paper"]["external"] = {"synthetic_reflacx_images": 40}

@@ -1,4 +1,9 @@
-"""Figures the notebooks show. Each function draws on new axes and returns the figure."""
+"""Figures the notebooks show. Each function draws on new axes and returns the figure.
+
+Importing this module inside a Jupyter kernel selects matplotlib's inline backend when the
+environment chose a non-interactive one (``MPLBACKEND=Agg`` on servers and in some CI): papermill,
+nbmake and Colab then keep every figure in the executed notebook instead of dropping it.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,52 @@ import numpy as np
 
 from cxrlib import CLASS_NAMES
 
+HEAT_LABEL = "map value / its maximum"
+
+
+def use_inline_backend() -> bool:
+    """In a Jupyter kernel with a non-interactive backend, switch to the inline one.
+
+    Interactive choices (``%matplotlib widget``, a GUI backend) are left alone. Returns whether
+    the inline backend is now active.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):  # plain Python or a terminal IPython
+        return False
+    import matplotlib
+
+    backend = matplotlib.get_backend().lower()
+    if "inline" in backend:
+        return True
+    if backend in ("agg", "pdf", "svg", "ps", "cairo", "template"):
+        shell.run_line_magic("matplotlib", "inline")
+        return True
+    return False
+
+
+use_inline_backend()
+
 
 def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def heat_colorbar(fig, axes, label: str = HEAT_LABEL, cmap: str = "jet"):
+    """One colour bar for every heat-map panel of ``fig`` (they all share the 0-1 scale)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    axes = list(np.ravel(axes))
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=axes, fraction=0.025, pad=0.02)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return bar
 
 
 def class_balance(splits):
@@ -23,6 +69,7 @@ def class_balance(splits):
     sns.countplot(data=table, x="split", hue="cls", order=["train", "val", "test"], hue_order=list(CLASS_NAMES), ax=ax)
     ax.set_xlabel("")
     ax.set_ylabel("images")
+    ax.set_title("images per class in each split (grouped by patient)", fontsize=9)
     ax.legend(title="")
     fig.tight_layout()
     return fig
@@ -41,6 +88,7 @@ def overlay(ax, image, heat=None, *, points=None, alpha=0.45, title=None, cmap="
                    cmap="autumn" if scanpath else None, edgecolors="none")
     ax.set_xlim(-0.5, image.shape[1] - 0.5)
     ax.set_ylim(image.shape[0] - 0.5, -0.5)
+    ax.set_autoscale_on(False)  # points drawn later (e.g. off-image gaze) must not move the frame
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
@@ -58,8 +106,9 @@ def examples_with_gaze(dataset, indices):
         overlay(row[0], image, title=f"{name}  {s['dicom_id'][:8]}")
         overlay(row[1], image, sal, title="gaze map")
         overlay(row[2], image, points=s["fixations"].numpy(), scanpath=True,
-                title=f"scanpath ({len(s['fixations'])} fixations)")
+                title=f"scanpath ({len(s['fixations'])} fixations, yellow = late)")
     fig.tight_layout()
+    heat_colorbar(fig, axes[:, 1], "gaze map / its maximum")
     return fig
 
 
@@ -71,6 +120,7 @@ def map_row(image, maps: dict, *, points=None):
     for ax, (title, heat) in zip(axes[1:], maps.items()):
         overlay(ax, image, heat, title=title)
     fig.tight_layout()
+    heat_colorbar(fig, axes[1:], "gaze map / its maximum")
     return fig
 
 
@@ -85,11 +135,15 @@ def training_curves(history, metrics=("val_auc_macro", "val_cc")):
     axes[0].plot(x, history["val_loss"], "o-", label="validation")
     axes[0].set_xlabel("epoch")
     axes[0].set_ylabel("loss")
+    axes[0].set_title("loss per epoch", fontsize=9)
     axes[0].legend()
     for ax, m in zip(axes[1:], shown):
         ax.plot(x, history[m], "o-", color="C2")
         ax.set_xlabel("epoch")
         ax.set_ylabel(m)
+        ax.set_title(f"{m.removeprefix('val_')} on the validation split", fontsize=9)
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     return fig
 
@@ -137,6 +191,8 @@ def embedding_scatter(before, after, labels, titles=("before", "after")):
             sel = np.asarray(labels) == k
             ax.scatter(xy[sel, 0], xy[sel, 1], s=10, label=name, alpha=0.8)
         ax.set_title(title, fontsize=9)
+        ax.set_xlabel("principal component 1")
+        ax.set_ylabel("principal component 2")
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0].legend(fontsize=8)
@@ -157,26 +213,134 @@ def saliency_grid(images, rows: list[dict], titles=None):
         if titles:
             axes[r, 0].set_ylabel(titles[r], fontsize=8)
     fig.tight_layout()
+    heat_colorbar(fig, axes[:, 1:])
+    return fig
+
+
+def gaze_rows(dataset, index: int, source: str = "fixations"):
+    """The rows of ``eye_gaze.csv`` or ``fixations.csv`` for one image, in reading order, with
+    ``x`` and ``y`` mapped onto the network's image (the same geometry as the gaze map)."""
+    import pandas as pd
+
+    from cxrlib.data.gaze import GAZE_SOURCES
+    from cxrlib.data.geometry import Geometry
+
+    sample = dataset[index]
+    path = dataset.egd_root / GAZE_SOURCES[source]
+    wanted = {"DICOM_ID", "Time (in secs)", "FPOGD", "X_ORIGINAL", "Y_ORIGINAL"}
+    # chunks: the real eye_gaze.csv is large, and only one image's rows are needed
+    parts = [c[c["DICOM_ID"].astype(str).str.strip() == sample["dicom_id"]]
+             for c in pd.read_csv(path, usecols=lambda c: c.strip() in wanted, chunksize=200_000)]
+    rows = pd.concat(parts).rename(columns=str.strip).reset_index(drop=True)
+    geometry = Geometry.fit(sample["native_shape"], dataset.image_size, dataset.resize)
+    rows[["x", "y"]] = geometry.apply_points(rows[["X_ORIGINAL", "Y_ORIGINAL"]].to_numpy(float))
+    return rows
+
+
+def gaze_vs_fixations(dataset, index: int):
+    """Raw gaze samples (about 60 per second) beside the fixations an eye tracker derives from
+    them (marker area ~ duration), and the gaze map the network learns, for one image."""
+    plt = _plt()
+    sample = dataset[index]
+    image = sample["image"][0].numpy()
+    raw, fix = gaze_rows(dataset, index, "eye_gaze"), gaze_rows(dataset, index, "fixations")
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
+    overlay(axes[0], image, title=f"raw gaze: {len(raw)} samples")
+    axes[0].scatter(raw["x"], raw["y"], s=2, c="cyan", alpha=0.6, edgecolors="none")
+    overlay(axes[1], image, title=f"fixations: {len(fix)} (area ~ duration)")
+    if "FPOGD" in fix:
+        axes[1].scatter(fix["x"], fix["y"], s=200 * fix["FPOGD"] / max(fix["FPOGD"].max(), 1e-9), c="yellow",
+                        alpha=0.6, edgecolors="k", linewidths=0.3)
+    overlay(axes[2], image, sample["saliency"][0].numpy(), title=f"gaze map ({dataset.gaze_source})")
+    axes[0].set_ylabel(f"{CLASS_NAMES[sample['label']]} {sample['dicom_id'][:8]}", fontsize=8)
+    fig.tight_layout()
+    heat_colorbar(fig, axes[2], "gaze map / its maximum")
+    return fig
+
+
+def scanpath_in_time(dataset, index: int, *, panels: int = 4):
+    """Small multiples of one reading: each panel a time window, its fixations in colour and the
+    earlier ones faint, so the order in which the radiologist looked is visible."""
+    plt = _plt()
+    sample = dataset[index]
+    image = sample["image"][0].numpy()
+    fix = gaze_rows(dataset, index, "fixations")
+    t = fix["Time (in secs)"].to_numpy(float) if "Time (in secs)" in fix else np.arange(len(fix), dtype=float)
+    edges = np.linspace(t.min(), t.max() + 1e-9, panels + 1) if len(t) else np.zeros(panels + 1)
+    fig, axes = plt.subplots(1, panels, figsize=(2.4 * panels, 2.9))
+    for k, ax in enumerate(np.ravel(axes)):
+        now = (t >= edges[k]) & (t < edges[k + 1])
+        before = t < edges[k]
+        overlay(ax, image, title=f"{edges[k]:.1f}-{edges[k + 1]:.1f} s: {int(now.sum())} fixations")
+        ax.scatter(fix["x"][before], fix["y"][before], s=6, c="0.8", alpha=0.5, edgecolors="none")
+        ax.plot(fix["x"][now], fix["y"][now], "-", color="yellow", lw=0.7)
+        ax.scatter(fix["x"][now], fix["y"][now], s=12, c=t[now], cmap="autumn", vmin=edges[k], vmax=edges[k + 1],
+                   edgecolors="none")
+    fig.suptitle(f"scanpath in time: {CLASS_NAMES[sample['label']]} {sample['dicom_id'][:8]} "
+                 "(grey: earlier fixations)", fontsize=9)
+    fig.tight_layout()
     return fig
 
 
 def save_figure(fig, name: str, config) -> "Path | None":
-    """Write a deliberate figure to ``figures/`` - only from a demo run on the synthetic data.
+    """Write a figure worth keeping to ``<run_dir>/figures/<name>``, with where it came from.
 
-    Figures made from PhysioNet data must never enter the repository, so any run with an
-    ``egd_root`` (and any profile but demo) writes nothing here and says so.
+    A run never writes into the repository: a demo run that rewrote the tracked ``figures/``
+    made a student's next ``git pull`` conflict. :func:`publish_figures` (``make figures``)
+    copies the figures of a demo run on the synthetic data into ``figures/`` on purpose. The
+    provenance file next to the figures (profile, synthetic or not) is what it checks, so a
+    figure made from PhysioNet data can never be published by accident.
     """
+    import json
+    from pathlib import Path
+
+    if fig is None:
+        return None
+    folder = Path(config.run_dir) / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    record = folder / PROVENANCE
+    provenance = json.loads(record.read_text()) if record.is_file() else {}
+    provenance[name] = {"profile": config.profile, "synthetic": config.egd_root is None, "stage": config.stage}
+    record.write_text(json.dumps(provenance, indent=2))
+    print(f"saved {path}")
+    return path
+
+
+PROVENANCE = "provenance.json"
+
+
+def publish_figures(run_dir=None, dest=None) -> list:
+    """Copy the figures of a demo run on the synthetic data into the repository's ``figures/``
+    (``make figures``); return the copied paths.
+
+    Only figures whose provenance says demo profile and synthetic data are copied: anything made
+    from EGD-CXR / MIMIC-CXR must stay out of the repository. Others are named and skipped.
+    """
+    import json
+    import shutil
     from pathlib import Path
 
     from cxrlib.config import repository_root
 
-    if fig is None:
-        return None
-    if config.egd_root is not None or config.profile != "demo":
-        print(f"not saving figures/{name}: only demo runs on the synthetic data write to figures/")
-        return None
-    path = Path(repository_root()) / "figures" / name
-    path.parent.mkdir(exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    print(f"saved {path}")
-    return path
+    run_dir = Path(run_dir) if run_dir is not None else repository_root() / "runs" / "demo"
+    dest = Path(dest) if dest is not None else repository_root() / "figures"
+    record = run_dir / "figures" / PROVENANCE
+    if not record.is_file():
+        raise FileNotFoundError(f"no figures to publish: {record} is missing; run the demo first "
+                                f"(make demo), which saves its figures under {run_dir / 'figures'}")
+    copied = []
+    for name, origin in sorted(json.loads(record.read_text()).items()):
+        source = run_dir / "figures" / name
+        if not (origin.get("profile") == "demo" and origin.get("synthetic")):
+            print(f"not publishing {name}: made by a {origin.get('profile')} run "
+                  f"{'on the synthetic data' if origin.get('synthetic') else 'on real data'}; "
+                  f"only demo runs on the synthetic data go to {dest}")
+            continue
+        if not source.is_file():
+            raise FileNotFoundError(f"{source} is listed in {record} but missing; rerun the notebook that draws it")
+        dest.mkdir(parents=True, exist_ok=True)
+        copied.append(Path(shutil.copy2(source, dest / name)))
+        print(f"published {dest / name}")
+    return copied

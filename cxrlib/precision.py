@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
-from torch import nn
 
 AMP_DTYPES = ("auto", "bf16", "fp16")
 
@@ -61,6 +61,17 @@ def autocast_settings(device: torch.device, amp: bool | None = None, amp_dtype: 
     return Autocast(True, torch.float16, True)
 
 
+def autocast_context(device: torch.device, setting: Autocast):
+    """The ``torch.autocast`` block of ``setting`` (a no-op when it is disabled)."""
+    return torch.autocast(device.type, dtype=setting.dtype, enabled=setting.enabled)
+
+
+def config_autocast(config, device: torch.device):
+    """The autocast block a stage config asks for on ``device`` (``amp``, ``amp_dtype``): what the
+    trainer's step runs in, and so what a frozen-feature precompute must run in too."""
+    return autocast_context(device, autocast_settings(device, config.amp, config.amp_dtype))
+
+
 def use_channels_last(device: torch.device, channels_last: bool | None = None) -> bool:
     """channels_last on CUDA by default (None); an explicit True/False wins everywhere."""
     return device.type == "cuda" if channels_last is None else bool(channels_last)
@@ -86,37 +97,27 @@ def adam(params, *, lr: float, device: torch.device) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, fused=device.type == "cuda" or None)
 
 
-def maybe_compile(module: nn.Module, enabled: bool, *, what: str = "model") -> nn.Module:
-    """``torch.compile(module)`` when ``enabled``; on failure, a warning and the eager module.
+def compile_step(step: Callable, enabled: bool, *, what: str = "training step") -> Callable:
+    """``torch.compile(step)`` when ``enabled``, else ``step`` itself.
 
-    Compilation happens lazily at the first call, so errors there are caught by
-    :class:`_CompileFallback`, which switches to eager for good.
+    Compiling a function (the loss function applied to model and batch) instead of the model keeps
+    the model's modules and state-dict keys as they are. torch.compile compiles at the first call,
+    where a platform without a working compiler fails: then a warning, and eager from there on.
     """
     if not enabled:
-        return module
-    try:
-        compiled = torch.compile(module)
-    except Exception as error:  # pragma: no cover - depends on the platform's compiler
-        warnings.warn(f"torch.compile of the {what} is not available here ({error}); running eager", stacklevel=2)
-        return module
-    return _CompileFallback(module, compiled, what)
+        return step
+    compiled = torch.compile(step)
+    current = [compiled]
 
-
-class _CompileFallback(nn.Module):
-    """Calls the compiled module; if compiling fails at the first call, warns once and runs eager."""
-
-    def __init__(self, eager: nn.Module, compiled, what: str):
-        super().__init__()
-        self.eager = eager
-        self._compiled = [compiled]  # a list: not registered as a second copy of the submodule
-        self.what = what
-
-    def forward(self, *args, **kwargs):
-        if self._compiled:
+    def call(*args, **kwargs):
+        if current[0] is compiled:
             try:
-                return self._compiled[0](*args, **kwargs)
-            except Exception as error:
-                warnings.warn(f"torch.compile of the {self.what} failed ({type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''}); running eager", stacklevel=2)
-                self._compiled.clear()
-        return self.eager(*args, **kwargs)
+                return compiled(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - reported, then the eager path runs
+                first = str(error).splitlines()[0] if str(error) else ""
+                warnings.warn(f"torch.compile of the {what} failed ({type(error).__name__}: {first}); "
+                              "running eager", stacklevel=2)
+                current[0] = step
+        return step(*args, **kwargs)
+
+    return call

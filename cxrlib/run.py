@@ -22,6 +22,7 @@ NOTEBOOK_STAGES = {
     "05_stage3_fusion.ipynb": "stage3",
     "06_saliency_gradcam_comparison.ipynb": "explain",
     "07_results_and_ablations.ipynb": "results",
+    "08_external_validation_reflacx.ipynb": "external",
 }
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrlib import distributed, losses, runfolder
+from cxrlib import distributed, losses, precision, runfolder
 from cxrlib.checkpoints import load_weights, resolve_init
 from cxrlib.data import EGDDataset, collate, load_or_make_splits, read_master_sheet, split_ids
 from cxrlib.data.augment import random_view
@@ -194,9 +194,11 @@ def with_frozen_densenet(model, data, config, *, progress=True):
     """Stage 2: the frozen DenseNet's outputs, computed once and served with each sample."""
     model.eval()
     device = next(model.parameters()).device
-    feats = precompute(lambda b: {f"dense_{k}": v for k, v in model.densenet(b["image"]).items()},
-                       data, batch_size=config.eval_batch_size, device=device, collate_fn=collate,
-                       progress=progress, desc="frozen DenseNet features")
+    # in the step's precision: what the frozen part would compute inside the training step
+    with precision.config_autocast(config, device):
+        feats = precompute(lambda b: {f"dense_{k}": v for k, v in model.densenet(b["image"]).items()},
+                           data, batch_size=config.eval_batch_size, device=device, collate_fn=collate,
+                           progress=progress, desc="frozen DenseNet features")
     return CachedFeatures(data, feats)
 
 
@@ -204,10 +206,11 @@ def with_fused_features(model, data, config, *, progress=True):
     """Stage 3: the 1984-d fused vector of every sample, one forward pass instead of one per epoch."""
     model.eval()
     device = next(model.parameters()).device
-    feats = precompute(lambda b: {"fused": model.forward_head(model.forward_features(b["image"]), pre_logits=True),
-                                  "label": b["label"]},
-                       data, batch_size=config.eval_batch_size, device=device, collate_fn=collate,
-                       progress=progress, desc="frozen fused features")
+    with precision.config_autocast(config, device):
+        feats = precompute(lambda b: {"fused": model.forward_head(model.forward_features(b["image"]), pre_logits=True),
+                                      "label": b["label"]},
+                           data, batch_size=config.eval_batch_size, device=device, collate_fn=collate,
+                           progress=progress, desc="frozen fused features")
     return CachedFeatures(None, feats)  # the head needs no image: samples are the cached rows alone
 
 

@@ -26,8 +26,8 @@ config's hyper-parameters. :class:`Trainer` does the rest:
 
 from __future__ import annotations
 
-import json
 import contextlib
+import json
 import math
 import random
 import time
@@ -40,11 +40,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from cxrlib import distributed, runfolder
+from cxrlib import distributed, precision, runfolder
 # atomic_save, load_init, warn_missing_init: imported from here by older code
 from cxrlib.checkpoints import (BEST, LAST, atomic_save, check_resumable, load_checkpoint,  # noqa: F401
                                 load_init, load_weights, warn_missing_init)
+from cxrlib.model import set_activation_checkpointing
 from cxrlib.runtime import default_device, seed_everything, set_deterministic
+
 
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
@@ -66,18 +68,10 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def amp_settings(device: torch.device, amp: bool | None):
-    """(enabled, dtype, use_scaler): bf16 where the GPU has it, else fp16 with a scaler."""
-    enabled = device.type == "cuda" if amp is None else bool(amp and device.type == "cuda")
-    if not enabled:
-        return False, torch.float32, False
-    if torch.cuda.is_bf16_supported():
-        return True, torch.bfloat16, False
-    return True, torch.float16, True
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+def to_device(batch: dict, device: torch.device, *, channels_last: bool = False) -> dict:
+    """Tensors of ``batch`` on ``device`` (4-D ones in channels_last when asked)."""
+    return {k: (precision.to_memory_format(v.to(device, non_blocking=True), channels_last) if torch.is_tensor(v) else v)
+            for k, v in batch.items()}
 
 
 def set_trainable(model: nn.Module, train_parts) -> list[nn.Parameter]:
@@ -139,11 +133,20 @@ class Trainer:
         params = set_trainable(self.model, self.train_parts) + list(self.extra.parameters())
         if not params:
             raise ValueError(f"nothing to train: parts {self.train_parts} have no parameters")
-        self.optimizer = torch.optim.Adam(params, lr=config.lr)
+        # GPU speed and memory (cxrlib.precision): fused Adam, autocast dtype per card,
+        # channels_last, cuDNN autotuning, activation checkpointing of the UNet levels.
+        self.optimizer = precision.adam(params, lr=config.lr, device=self.device)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=0.1, patience=config.plateau_patience)
-        self.amp, self.amp_dtype, use_scaler = amp_settings(self.device, config.amp)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.autocast = precision.autocast_settings(self.device, config.amp, config.amp_dtype)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast.scaler)
+        self.channels_last = precision.use_channels_last(self.device, config.channels_last)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            self.extra.to(memory_format=torch.channels_last)
+        precision.configure_backends(self.device)
+        set_activation_checkpointing(self.model, config.activation_checkpointing)
+        self._step = precision.compile_step(self._eager_step, config.compile and not distributed.is_distributed())
         self.history: list[dict] = []
         self.best_val = math.inf
         self.start_epoch = 0
@@ -208,11 +211,14 @@ class Trainer:
         return True
 
     # -- loop ------------------------------------------------------------------------------
+    def _eager_step(self, batch: dict) -> dict:
+        return self.loss_fn(self.model, batch, **({"extra": self.extra} if len(self.extra) else {}))
+
     def _forward(self, batch: dict, *, train: bool = False) -> dict:
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.autocast.dtype, enabled=self.autocast.enabled):
             if train and self.ddp is not None:
                 return self.ddp(batch)
-            return self.loss_fn(self.model, batch, **({"extra": self.extra} if len(self.extra) else {}))
+            return self._step(batch)
 
     def train_epoch(self, data: Dataset, epoch: int) -> float:
         if distributed.is_distributed():  # own dropout / augmentation draws per rank, the same after a resume
@@ -228,7 +234,7 @@ class Trainer:
         for step, batch in enumerate(bar):
             if step >= n_steps:
                 break
-            batch = to_device(batch, self.device)
+            batch = to_device(batch, self.device, channels_last=self.channels_last)
             loss = self._forward(batch, train=True)["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{self.config.stage}: loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
@@ -268,7 +274,7 @@ class Trainer:
         for step, batch in enumerate(loader):
             if step >= n_steps:
                 break
-            batch = to_device(batch, self.device)
+            batch = to_device(batch, self.device, channels_last=self.channels_last)
             out = self._forward(batch)
             n = len(batch["label"])
             total, count = total + out["loss"].float().item() * n, count + n
@@ -339,6 +345,8 @@ class Trainer:
                    "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
                    "improved": bool(improved)}
             self.history.append(row)
+            if main:  # one plain line per epoch: readable live, in saved notebooks and in logs
+                print(epoch_line(row, self.config.stage, self.config.epochs), flush=True)
             if improved:
                 self.best_val = val["val_loss"]
             if improved and main:
@@ -370,6 +378,17 @@ class Trainer:
 
         runfolder.atomic_write_text(self.stage_dir / "history.csv", pd.DataFrame(self.history).to_csv(index=False))
         runfolder.atomic_write_text(self.stage_dir / "history.json", json.dumps(self.history, indent=1))
+
+
+def epoch_line(row: dict, stage: str = "", epochs: int | None = None) -> str:
+    """One history row as one line: epoch, losses, the validation metrics present, seconds."""
+    keys = ("val_auc_macro", "val_accuracy", "val_cc", "val_kld", "val_sim", "val_nss")
+    metrics = "  ".join(f"{k.removeprefix('val_')} {row[k]:.3f}" for k in keys
+                        if isinstance(row.get(k), (int, float)) and np.isfinite(row[k]))
+    of = f"/{epochs}" if epochs else ""
+    mark = "  *best" if row.get("improved") else ""
+    return (f"{stage} epoch {row['epoch']}{of}: train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}"
+            f"  {metrics}  {row.get('seconds', float('nan')):.1f} s{mark}").replace("    ", "  ")
 
 
 def _progress(iterable, *, total, desc, enabled):

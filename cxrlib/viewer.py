@@ -1,4 +1,5 @@
-"""Notebook 06's comparison figures: the paper's qualitative layout and an interactive viewer.
+"""Comparison figures: the paper's qualitative layout and an interactive viewer (notebook 06),
+and a good predicted map next to a bad one (notebook 04).
 
 The viewer's drawing function is an ordinary function, called once statically so that
 papermill and nbmake execute it without a browser; the ipywidgets controls only re-call it.
@@ -119,3 +120,37 @@ def qualitative_figure(data, indices, final_model, *, encoder_model=None, baseli
         rows.append(row)
         titles.append(CLASS_NAMES[sample["label"]])
     return saliency_grid(images, rows, titles=titles)
+
+
+def mtunet_baseline(config):
+    """The MT-UNet baseline that ``cxrlib ablate`` (notebook 07) trains at this run's model seed,
+    or None if it has not been trained; the run folder comes from the config, never a literal."""
+    from cxrlib import ablation, stages
+
+    folder = ablation.variant_dir(config.run_dir, "mtunet", config.seed) / "joint"
+    return stages.trained_model(config, folder.relative_to(config.run_dir).as_posix(), model_name="mtunet",
+                                required=False)
+
+
+def class_examples(data, per_class: int) -> list[int]:
+    """The first ``per_class`` indices of each class in ``data``, class by class."""
+    labels = [data[i]["label"] for i in range(len(data))]
+    return [i for k in range(len(CLASS_NAMES)) for i in [j for j, y in enumerate(labels) if y == k][:per_class]]
+
+
+def best_and_worst(data, pred: dict, *, metric: str = "cc"):
+    """The predicted maps of ``data`` that score best and worst against the gaze (``metric``:
+    ``cc`` or ``sim``, higher is better), side by side with the gaze. Returns the figure and the
+    per-image scores, so a notebook can print what it shows."""
+    from cxrlib.plots import saliency_grid
+
+    score = {"cc": M.cc, "sim": M.sim}[metric]
+    scores = np.array([score(p, t) for p, t in zip(pred["saliency"], pred["target"])])
+    best, worst = int(np.argmax(scores)), int(np.argmin(scores))
+    rows, images, titles = [], [], []
+    for name, i in (("best", best), ("worst", worst)):
+        images.append(data[i]["image"][0].numpy())
+        rows.append({"gaze (ground truth)": pred["target"][i], f"predicted  {metric.upper()} {scores[i]:.2f}":
+                     pred["saliency"][i]})
+        titles.append(f"{name}: {CLASS_NAMES[int(pred['labels'][i])]}")
+    return saliency_grid(images, rows, titles=titles), scores

@@ -19,6 +19,7 @@ def test_benchmark_rows_are_positive_numbers(capsys):
     assert rows[0]["params"] > rows[1]["params"]  # the dual net carries a DenseNet201
     table = bench.format_benchmark(rows)
     assert "64x64" in table and "peak MiB (" in table and len(table.splitlines()) == 5
+    assert all(r["options"] == "-" for r in rows)  # channels_last is CUDA-only by default
 
 
 def test_main_prints_table(capsys):
@@ -36,7 +37,7 @@ def test_bad_arguments():
 
 
 def test_amp_only_on_cuda():
-    assert bench._amp_dtype(torch.device("cpu"), None) is None
-    assert bench._amp_dtype(torch.device("cpu"), "bf16") is None
-    assert bench._amp_dtype(torch.device("cuda"), "fp16") is torch.float16
-    assert bench._amp_dtype(torch.device("cuda"), "none") is None
+    assert not bench._autocast(torch.device("cpu"), None).enabled
+    assert not bench._autocast(torch.device("cpu"), "bf16").enabled
+    assert bench._autocast(torch.device("cuda"), "fp16").dtype is torch.float16
+    assert not bench._autocast(torch.device("cuda"), "none").enabled

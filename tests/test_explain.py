@@ -217,3 +217,26 @@ def test_rank_map_removes_exact_share():
     assert (ranks[:2] > ranks[2:].max()).all()  # order kept between distinct values
     threshold = np.percentile(ranks, 70)  # the package's percentile 70: keeps values below
     assert (ranks < threshold).sum() == 70
+
+
+def test_eigencam_is_the_same_map_on_the_same_densenet(dual, densenet, images):
+    """Why notebook 06 drops final_eigencam after a head-only stage 3: same DenseNet, same map."""
+    final = DualEncoderMTUNet(base_width=8, densenet_arch="densenet121")
+    final.densenet.load_state_dict(densenet.densenet.state_dict())
+    assert E.same_densenet(final, densenet) and not E.same_densenet(dual, densenet)
+    a = E.cam_maps(final.eval(), images, method="eigencam")
+    b = E.cam_maps(densenet.eval(), images, method="eigencam")
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_scoreboard_figure_clips_the_kld_axis_and_counts_outliers():
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = [{"image": i, "method": m, "cc": rng.random(), "kld": rng.random() + (20.0 if (m, i) == ("cam", 0) else 1),
+             "sim": rng.random(), "nss": rng.random(), "auc_judd": rng.random()}
+            for m in ("predicted", "cam") for i in range(30)]
+    fig = E.scoreboard_figure(pd.DataFrame(rows))
+    kld_ax = fig.axes[1]
+    assert kld_ax.get_xlim()[1] < 5 and "1 point(s) beyond" in kld_ax.get_title()
+    plt.close(fig)

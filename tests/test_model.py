@@ -183,8 +183,8 @@ def test_pretrained_true_offline_fails_fast_with_clear_message(tmp_path, monkeyp
 
 def test_pretrained_true_hanging_network_times_out(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(M, "_DOWNLOAD_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(M.urllib.request, "urlopen", lambda *a, **k: time.sleep(30))
+    monkeypatch.setattr(M.densenet, "_DOWNLOAD_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(M.densenet.urllib.request, "urlopen", lambda *a, **k: time.sleep(30))
     start = time.monotonic()
     with pytest.raises(RuntimeError) as info:
         M.DenseNetEncoder(pretrained=True)
@@ -194,7 +194,7 @@ def test_pretrained_true_hanging_network_times_out(tmp_path, monkeypatch):
 
 def test_pretrained_true_uses_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(M.urllib.request, "urlopen", lambda *a, **k: pytest.fail("must not download"))
+    monkeypatch.setattr(M.densenet.urllib.request, "urlopen", lambda *a, **k: pytest.fail("must not download"))
     torch.manual_seed(4)
     state = torchvision.models.densenet121(weights=None).state_dict()
     (tmp_path / "checkpoints").mkdir()

@@ -7,6 +7,7 @@ Three conventions meet here (data-formats.md, "The gaze-to-map conventions"):
 source        fixations.csv          eye_gaze.csv (raw samples)    fixations.csv
 weight        count                  count                         fixation duration
 sigma         150 px native          75.5 px native                1 degree of visual angle
+clipping      display padding        off-image points dropped      to the rectangle shown
 ============  =====================  ============================  ==========================
 
 ``X_ORIGINAL``/``Y_ORIGINAL`` are already native image coordinates (column, row): the display
@@ -18,6 +19,12 @@ normalised to sum 1. :func:`gaze_map_native` builds it literally (accumulate at 
 resolution, blur, then resample with the image); :func:`gaze_map` evaluates the same Gaussians
 directly on the output grid, which is exact up to the resampling filter and avoids blurring a
 3000 x 2500 array per image. A test checks the two agree.
+
+The REFLACX convention is ``gaze_map(..., convention="reflacx")`` on :class:`ShownGazePoints`:
+each fixation's Gaussian has its own sigma (1 degree of visual angle: the row's pixels per
+degree, separately along x and y), is weighted by the fixation's duration and is cut to the part
+of the image on screen at that moment (zoom and pan). With one sigma for all points, equal
+durations and the whole image shown it is the fixed-sigma map (a test checks it).
 """
 
 from __future__ import annotations
@@ -34,7 +41,15 @@ WEIGHTINGS = ("count", "duration")
 GAZE_COLUMNS = ("DICOM_ID", "X_ORIGINAL", "Y_ORIGINAL")
 DURATION_COLUMN = "FPOGD"
 PAPER_SIGMA_PX = 75.5  # paper code: OpenCV kernel 501, sigma 0 -> 0.3*((501-1)*0.5-1)+0.8
+CONVENTIONS = ("fixed_sigma", "reflacx")
+REFLACX_SIGMA_DEGREES = 1.0  # REFLACX heatmaps: sigma of one degree of visual angle
 MIMIC_NATIVE_SIDE = 3000.0  # typical long side of a MIMIC-CXR image, to express sigma relatively
+
+
+def _on_image(xy: np.ndarray, native_shape) -> np.ndarray:
+    h, w = native_shape
+    x, y = xy[:, 0], xy[:, 1]
+    return np.isfinite(x) & np.isfinite(y) & (x >= 0) & (y >= 0) & (x <= w - 1) & (y <= h - 1)
 
 
 @dataclass
@@ -46,10 +61,22 @@ class GazePoints:
 
     def inside(self, native_shape) -> tuple["GazePoints", int]:
         """Keep the points on the image; return them and how many were dropped."""
-        h, w = native_shape
-        x, y = self.xy[:, 0], self.xy[:, 1]
-        keep = np.isfinite(x) & np.isfinite(y) & (x >= 0) & (y >= 0) & (x <= w - 1) & (y <= h - 1)
+        keep = _on_image(self.xy, native_shape)
         return GazePoints(self.xy[keep], self.weight[keep]), int((~keep).sum())
+
+
+@dataclass
+class ShownGazePoints(GazePoints):
+    """Fixations with what the reader saw at the time (REFLACX): per point, the native pixels
+    per degree of visual angle along x and y, and the image rectangle on screen."""
+
+    pixels_per_degree: np.ndarray  # (N, 2) float64: x, y
+    shown: np.ndarray  # (N, 4) float64: xmin, ymin, xmax, ymax in native pixels
+
+    def inside(self, native_shape) -> tuple["ShownGazePoints", int]:
+        keep = _on_image(self.xy, native_shape)
+        return (ShownGazePoints(self.xy[keep], self.weight[keep], self.pixels_per_degree[keep], self.shown[keep]),
+                int((~keep).sum()))
 
 
 def load_gaze_csv(path, *, weighting: str = "count", known_ids=None) -> dict[str, GazePoints]:
@@ -116,28 +143,67 @@ def _weights_or_fail(points: GazePoints, dicom_id: str, dropped: int) -> np.ndar
     return points.weight
 
 
-def gaze_map(points: GazePoints, geometry: Geometry, sigma_px: float, *, dicom_id: str = "?"):
+def gaze_map(points: GazePoints, geometry: Geometry, sigma_px: float | None, *, dicom_id: str = "?",
+             convention: str = "fixed_sigma"):
     """Gaussian gaze map on the output grid of ``geometry``. Returns (map (H, W) float32, dropped).
 
     Each point's Gaussian (``sigma_px`` native pixels) is evaluated at the output pixel centres
     mapped back to native coordinates, masked to the image area and normalised to sum 1. The
     separable form ``Gy^T diag(w) Gx`` costs O(N (H + W) + H W N) in one matrix product.
+
+    ``convention="reflacx"`` (``points`` a :class:`ShownGazePoints`, ``sigma_px`` None): sigma
+    is ``REFLACX_SIGMA_DEGREES`` times each point's pixels per degree (x and y apart), and each
+    Gaussian is zero outside the rectangle shown with that fixation. The rectangle is separable
+    too, so the same product computes it. Each Gaussian is a density (divided by its sigmas), so
+    its mass is its weight (the duration) before the cut; a clipped Gaussian is not renormalised:
+    the mass outside the screen was not seen.
     """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     inside, dropped = points.inside(geometry.native)
     weights = _weights_or_fail(inside, dicom_id, dropped)
     H, W = geometry.target
     centres = geometry.apply_points(inside.xy).astype(np.float64)  # (N, 2) output coords
-    sigma_out = sigma_px * geometry.scale if geometry.mode == "pad_resize" else sigma_px / geometry.stride
+    out_per_native = geometry.scale if geometry.mode == "pad_resize" else 1.0 / geometry.stride
     rows = np.arange(H, dtype=np.float64)
     cols = np.arange(W, dtype=np.float64)
-    gy = np.exp(-0.5 * ((rows[None, :] - centres[:, 1:2]) / sigma_out) ** 2)  # (N, H)
-    gx = np.exp(-0.5 * ((cols[None, :] - centres[:, 0:1]) / sigma_out) ** 2)  # (N, W)
+    if convention == "reflacx":
+        sigma_x, sigma_y, row_in, col_in = _reflacx_terms(inside, geometry, rows, cols, sigma_px, dicom_id)
+        # Each fixation is a normalised density (mass = its duration before the cut), so a
+        # zoomed-in fixation (fewer image pixels per degree) is sharper, not lighter.
+        weights = weights / (sigma_x * sigma_y)
+    else:
+        sigma_x = sigma_y = sigma_px
+        row_in, col_in = 1.0, 1.0
+    sigma_x, sigma_y = np.asarray(sigma_x) * out_per_native, np.asarray(sigma_y) * out_per_native
+    gy = np.exp(-0.5 * ((rows[None, :] - centres[:, 1:2]) / np.reshape(sigma_y, (-1, 1))) ** 2) * row_in  # (N, H)
+    gx = np.exp(-0.5 * ((cols[None, :] - centres[:, 0:1]) / np.reshape(sigma_x, (-1, 1))) ** 2) * col_in  # (N, W)
     density = (gy * weights[:, None]).T @ gx  # (H, W)
     density *= geometry.image_mask()
     total = density.sum()
     if not np.isfinite(total) or total <= 0:
         raise ValueError(f"image {dicom_id}: the gaze map is empty (sigma {sigma_px} px too small?)")
     return (density / total).astype(np.float32), dropped
+
+
+def _reflacx_terms(points, geometry: Geometry, rows, cols, sigma_px, dicom_id: str):
+    """Per-point sigmas (native px) and the (N, H), (N, W) masks of the shown rectangles."""
+    if not isinstance(points, ShownGazePoints):
+        raise TypeError(f"image {dicom_id}: convention='reflacx' needs ShownGazePoints (pixels per degree, "
+                        f"shown rectangle per fixation), got {type(points).__name__}")
+    if sigma_px is not None:
+        raise ValueError("convention='reflacx' takes sigma from each fixation's pixels per degree: pass sigma_px=None")
+    ppd = points.pixels_per_degree * REFLACX_SIGMA_DEGREES
+    # Output pixel centres in native coordinates, to compare with the rectangles.
+    if geometry.mode == "stride":
+        native_rows, native_cols = rows * geometry.stride, cols * geometry.stride
+    else:
+        native_rows, native_cols = (rows + 0.5) / geometry.scale - 0.5, (cols + 0.5) / geometry.scale - 0.5
+    native_rows, native_cols = native_rows - geometry.pad_top, native_cols - geometry.pad_left
+    x0, y0, x1, y1 = (points.shown[:, k:k + 1] for k in range(4))
+    row_in = ((native_rows[None, :] >= y0 - 0.5) & (native_rows[None, :] <= y1 + 0.5)).astype(np.float64)
+    col_in = ((native_cols[None, :] >= x0 - 0.5) & (native_cols[None, :] <= x1 + 0.5)).astype(np.float64)
+    return ppd[:, 0], ppd[:, 1], row_in, col_in
 
 
 def gaze_map_native(points: GazePoints, geometry: Geometry, sigma_px: float, *, dicom_id: str = "?"):

@@ -1,0 +1,311 @@
+"""The set-up every notebook runs first, on a laptop, in CI and on Google Colab.
+
+``config = start("stage2", globals())`` is the first code cell after the parameters cell of every
+notebook. It resolves the profile, puts the run folder on Google Drive when the notebook runs on
+Colab, reports the GPU and its autocast precision, builds and saves the stage's config, prints the
+environment and the paths, and checks that the upstream stage's checkpoint is there, naming the
+notebook to run first when it is not.
+
+Colab gives each notebook its own runtime, whose local disk is gone when the runtime ends. So on
+Colab the run folder (and with it the sample cache, ``<run_dir>/cache``) defaults to
+``<Drive>/MyDrive/cxrlib/runs/<profile>``: notebook 04 then finds the checkpoint notebook 03 wrote,
+even in a new runtime or a new day.
+
+The install cell comes before ``cxrlib`` exists in the runtime, so it cannot call this module;
+:func:`install_cell_source` writes its text from the one repository URL (``pyproject.toml``'s
+``[project.urls] Repository``) and a test checks that every notebook holds exactly that text.
+
+Tests fake Colab: ``CXRLIB_COLAB=1`` stands for the ``google.colab`` module, ``CXRLIB_DRIVE_ROOT``
+for the mount point and ``mount=`` for ``google.colab.drive.mount``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from cxrlib.config import PROFILES, make_config, repository_root
+from cxrlib.run import NOTEBOOK_STAGES
+
+# stage -> the notebook that trains or writes it. The one place start() learns notebook names
+# (derived from cxrlib run's list, so a new notebook such as 08 joins both at once).
+STAGE_NOTEBOOKS = {stage: notebook for notebook, stage in NOTEBOOK_STAGES.items()}
+
+# Stages whose notebook trains a network and so writes <run_dir>/<stage>/best.pt and last.pt.
+TRAINING_STAGES = ("stage1a", "stage1b", "stage2", "stage3")
+
+DEFAULT_MOUNT_POINT = "/content/drive"
+CHECKPOINT = "best.pt"  # the name train.BEST gives the best-validation checkpoint
+
+
+def in_colab() -> bool:
+    """True inside a Colab runtime (its ``google.colab`` module is loaded), or when
+    ``CXRLIB_COLAB=1`` says to behave as there (tests)."""
+    return "google.colab" in sys.modules or os.environ.get("CXRLIB_COLAB") == "1"
+
+
+def drive_mount_point() -> Path:
+    """Where Google Drive is mounted: ``/content/drive`` on Colab, ``$CXRLIB_DRIVE_ROOT`` in tests."""
+    return Path(os.environ.get("CXRLIB_DRIVE_ROOT") or DEFAULT_MOUNT_POINT)
+
+
+def _colab_mount(mount_point: str) -> None:
+    from google.colab import drive  # only importable on Colab
+
+    drive.mount(mount_point)
+
+
+def mount_drive(mount: Callable[[str], None] | None = None) -> Path:
+    """Mount Google Drive (once per runtime) and return its ``MyDrive`` folder."""
+    point = drive_mount_point()
+    my_drive = point / "MyDrive"
+    if not my_drive.is_dir():
+        try:
+            (mount or _colab_mount)(str(point))
+        except ImportError:
+            raise RuntimeError(f"Google Drive is not mounted at {point} and google.colab is not available "
+                               f"to mount it; outside Colab unset CXRLIB_COLAB, or set run_dir") from None
+    if not my_drive.is_dir():
+        raise RuntimeError(f"Google Drive did not mount at {point} (no {my_drive}); rerun this cell and "
+                           f"accept the access request, or set run_dir to a folder of this runtime")
+    return my_drive
+
+
+def drive_run_dir(profile: str, my_drive: Path) -> Path:
+    """The run folder a Colab notebook uses by default: one per profile, on Drive."""
+    return my_drive / "cxrlib" / "runs" / profile
+
+
+def _gpu_name() -> str | None:
+    """The first CUDA card's name, or None without one."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def choose_profile(profile: str | None, *, colab: bool, gpu: bool, egd_root) -> tuple[str, str]:
+    """The profile of a run and why: an explicit one wins; ``None`` means smoke outside Colab (CI
+    runs the notebooks with their defaults), and on Colab paper with a GPU and ``egd_root``,
+    else demo."""
+    if profile is not None:
+        return profile, "set in the parameters cell"
+    if not colab:
+        return "smoke", "profile = None outside Colab"
+    if gpu and egd_root is not None:
+        return "paper", "Colab with a GPU and egd_root"
+    why = "no GPU" if not gpu else "no egd_root (synthetic data)"
+    return "demo", f"Colab, {why}; set profile = \"paper\" with a GPU and EGD-CXR"
+
+
+def upstream_checkpoint(config) -> Path | None:
+    """The checkpoint the stage starts from (``init_from``): a stage name in the run folder or a
+    ``.pt`` path; None when the stage starts from scratch."""
+    source = getattr(config, "init_from", None)
+    if source is None or str(source).lower() == "none":
+        return None
+    if str(source).endswith(".pt"):
+        return Path(source).expanduser()
+    return Path(config.run_dir) / str(source) / CHECKPOINT
+
+
+def missing_upstream_message(config, path: Path) -> str:
+    """What to do when the upstream checkpoint is missing: which notebook writes it, and where."""
+    source = str(config.init_from)
+    notebook = STAGE_NOTEBOOKS.get(source)
+    if notebook is None:
+        return (f"{config.stage}: init_from={source!r} points at {path}, which does not exist; give the path "
+                f"of an existing checkpoint, or init_from='none' to start from random weights")
+    return (f"{config.stage} starts from the {source} checkpoint {path}, which does not exist. Run notebook "
+            f"{notebook} first with the same profile ({config.profile!r}) and run_dir ({config.run_dir}); "
+            f"on Colab both notebooks then keep the run folder on Google Drive. Or set init_from = 'none' "
+            f"to start from random weights.")
+
+
+def check_upstream(config) -> Path | None:
+    """Fail before any work when the upstream checkpoint is missing (smoke: warn, random weights)."""
+    path = upstream_checkpoint(config)
+    if path is None or path.is_file():
+        return path
+    message = missing_upstream_message(config, path)
+    if config.profile != "smoke":
+        raise FileNotFoundError(message)
+    warnings.warn(message + " (smoke profile: continuing from random weights)", stacklevel=3)
+    return path
+
+
+def _gpu_lines(config, gpu: str | None) -> list[str]:
+    import torch
+
+    from cxrlib.precision import autocast_settings, bf16_native
+
+    if gpu is None:
+        hint = " (on Colab: Runtime > Change runtime type > T4 GPU)" if in_colab() else ""
+        return [f"GPU:          none, training runs on the CPU{hint}"]
+    device = torch.device("cuda")
+    autocast = autocast_settings(device, config.amp, getattr(config, "amp_dtype", "auto"))
+    scaler = " with a gradient scaler" if autocast.scaler else ""
+    native = "yes" if bf16_native(device) else "no (compute capability below 8.0)"
+    return [f"GPU:          {gpu}", f"bf16 native:  {native}; training autocasts to {autocast.name}{scaler}"]
+
+
+def _path_lines(config, upstream: Path | None) -> list[str]:
+    stage_dir = Path(config.run_dir) / config.stage
+    data = (f"{config.egd_root} (images: {config.image_root})" if config.egd_root is not None
+            else f"synthetic EGD-format set in {Path(config.run_dir) / 'synthetic'} (written on first use)")
+    lines = [f"run_dir:      {config.run_dir}", f"data:         {data}",
+             f"cache:        {Path(config.run_dir) / 'cache'}"]
+    if upstream is not None:
+        state = "" if upstream.is_file() else "  (MISSING)"
+        lines.append(f"reads:        {upstream}{state}")
+    writes = stage_dir / CHECKPOINT if config.stage in TRAINING_STAGES else stage_dir
+    lines.append(f"writes:       {writes}")
+    if config.stage in TRAINING_STAGES and not config.resume and (stage_dir / "last.pt").is_file():
+        lines.append(f"note:         {stage_dir / 'last.pt'} is left from an interrupted run: set resume = True "
+                     f"to continue it, or leave resume = False to train again from the start")
+    return lines
+
+
+def start(stage: str, namespace: dict, *, mount: Callable[[str], None] | None = None):
+    """Set up a notebook run and return its config (see the module docstring).
+
+    ``namespace`` is the notebook's ``globals()``: the parameters cell's names. When ``profile`` or
+    ``run_dir`` is None, the resolved value is written back into it, so later cells see the values
+    the run uses. ``mount`` replaces ``google.colab.drive.mount`` (tests).
+    """
+    if stage not in STAGE_NOTEBOOKS:
+        raise ValueError(f"unknown stage {stage!r} for start(); the notebook stages are "
+                         f"{', '.join(STAGE_NOTEBOOKS)}")
+    colab = in_colab()
+    gpu = _gpu_name()
+    profile, why = choose_profile(namespace.get("profile"), colab=colab, gpu=gpu is not None,
+                                  egd_root=namespace.get("egd_root"))
+    if profile not in PROFILES:
+        raise ValueError(f"parameter 'profile' must be one of {PROFILES} or None, got {profile!r}")
+    namespace["profile"] = profile
+    drive_note = None
+    if colab and namespace.get("run_dir") is None and not os.environ.get("CXRLIB_RUN_DIR"):
+        namespace["run_dir"] = str(drive_run_dir(profile, mount_drive(mount)))
+        drive_note = "on Google Drive, so it outlives this runtime (set run_dir to choose another folder)"
+    elif colab and any(str(namespace.get(k) or "").startswith(str(drive_mount_point()))
+                       for k in ("run_dir", "egd_root", "image_root")):
+        mount_drive(mount)
+    if profile == "paper" and gpu is None:
+        warnings.warn("the paper profile without a CUDA GPU: 640x512 training on a CPU takes days "
+                      "(about 0.1 images/s); on Colab choose a GPU runtime, or use profile = 'demo'", stacklevel=2)
+
+    from cxrlib.config import config_from_namespace  # after the namespace holds the resolved values
+
+    config = config_from_namespace(stage, namespace)
+    if namespace.get("run_dir") is None:
+        namespace["run_dir"] = config.run_dir
+    config.save()
+    upstream = upstream_checkpoint(config)
+    _print_report(config, profile, why, gpu, drive_note, upstream)
+    check_upstream(config)
+    return config
+
+
+def _print_report(config, profile, why, gpu, drive_note, upstream) -> None:
+    from cxrlib.runtime import environment_report
+
+    notebook = STAGE_NOTEBOOKS[config.stage]
+    print(f"{notebook}: stage {config.stage!r}, profile {profile!r} ({why})")
+    if drive_note:
+        print(f"run folder {drive_note}")
+    for line in _gpu_lines(config, gpu) + _path_lines(config, upstream):
+        print(line)
+    print("environment:  " + ", ".join(f"{k} {v}" for k, v in environment_report(config.seed).items()))
+
+
+# --- the install cell -------------------------------------------------------------------------
+
+_URL_LINE = re.compile(r'^\s*Repository\s*=\s*"([^"]+)"', re.MULTILINE)
+
+
+def repository_url(pyproject: Path | None = None) -> str:
+    """The repository URL: ``[project.urls] Repository`` of ``pyproject.toml`` (the one place to
+    change it, e.g. for a fork), else the installed package's metadata."""
+    path = pyproject or repository_root() / "pyproject.toml"
+    if path.is_file():
+        found = _URL_LINE.search(path.read_text())  # a regex: tomllib is Python 3.11+, we support 3.10
+        if found:
+            return found.group(1)
+    from importlib.metadata import metadata
+
+    for entry in metadata("cxrlib").get_all("Project-URL") or []:
+        label, _, url = entry.partition(",")
+        if label.strip() == "Repository":
+            return url.strip()
+    raise RuntimeError("no repository URL: pyproject.toml needs [project.urls] Repository")
+
+
+def install_cell_source(url: str | None = None) -> str:
+    """The text of every notebook's install cell (the first code cell).
+
+    It installs ``cxrlib`` from the repository on Colab and does nothing elsewhere. Its names
+    start with ``_`` (or are in config's non-parameter list) so that :func:`start` does not read
+    them as parameters. If pip fails, the cell prints pip's last lines and stops with what to check.
+    """
+    url = url or repository_url()
+    return f'''# Colab only: install cxrlib from its repository. Outside Colab this cell does nothing.
+# The URL is pyproject.toml's [project.urls] Repository (a fork: change it there, then `make colab-urls`).
+import subprocess
+import sys
+
+IN_COLAB = "google.colab" in sys.modules
+if IN_COLAB:
+    _source = "git+{url}"
+    _pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", _source], capture_output=True, text=True)
+    if _pip.returncode != 0:
+        print(_pip.stdout[-2000:] + _pip.stderr[-2000:])
+        raise RuntimeError(f"pip could not install cxrlib from {{_source}} (pip's message is above). Check that "
+                           "the URL is right and the repository public, and that this runtime is online; "
+                           "then run this cell again.")
+    print(f"installed cxrlib from {{_source}}")'''
+
+
+def check_install_cell(source: str, url: str | None = None) -> list[str]:
+    """What is wrong with a notebook's install cell (an empty list: nothing)."""
+    wanted = install_cell_source(url)
+    if source.strip() == wanted.strip():
+        return []
+    problems = ["the install cell differs from cxrlib.colab.install_cell_source()"]
+    if f"git+{url or repository_url()}" not in source:
+        problems.append("it does not install from pyproject.toml's repository URL")
+    if "returncode" not in source:
+        problems.append("it does not report a failed pip install")
+    return problems
+
+
+_BADGE = re.compile(r"https://colab\.research\.google\.com/github/[^/\s)]+/[^/\s)]+/blob/")
+
+
+def sync_notebooks(paths=None, url: str | None = None) -> list[Path]:
+    """Rewrite every notebook's install cell and Colab badge from the repository URL (after a
+    fork changed it in ``pyproject.toml``); return the notebooks changed. The JSON keeps
+    nbformat's layout, so the diff is only the changed lines."""
+    import json
+
+    url = url or repository_url()
+    if not url.startswith("https://github.com/"):
+        raise ValueError(f"Colab badges open GitHub repositories; {url!r} is not https://github.com/OWNER/NAME")
+    badge = f"https://colab.research.google.com/github/{url.removeprefix('https://github.com/').strip('/')}/blob/"
+    changed = []
+    for path in paths or sorted((repository_root() / "notebooks").glob("*.ipynb")):
+        raw = Path(path).read_text()
+        nb = json.loads(raw)
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        if code:
+            code[0]["source"] = install_cell_source(url).splitlines(keepends=True)
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "markdown":
+                cell["source"] = [_BADGE.sub(badge, line) for line in cell["source"]]
+        text = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+        if text != raw:
+            Path(path).write_text(text)
+            changed.append(Path(path))
+    return changed

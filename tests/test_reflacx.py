@@ -1,0 +1,307 @@
+"""REFLACX: the loader on the synthetic REFLACX-format set, bad input, the map convention, the
+inter-reader ceiling and the exclusion of EGD training images."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cxrlib import cli, external
+from cxrlib.data import Geometry
+from cxrlib.data.gaze import GazePoints, ShownGazePoints, gaze_map
+from cxrlib.data.reflacx import REFLACXDataset, mapped_labels, read_metadata
+from cxrlib.synthetic_reflacx import make_reflacx_like
+
+SIZE = (64, 64)
+
+
+@pytest.fixture(scope="session")
+def reflacx_root(tmp_path_factory):
+    return make_reflacx_like(tmp_path_factory.mktemp("reflacx") / "data", n_images=8, seed=1, progress=False)
+
+
+@pytest.fixture
+def reflacx(reflacx_root, tmp_path):
+    """A private copy to damage."""
+    return shutil.copytree(reflacx_root, tmp_path / "reflacx")
+
+
+def dataset(root, **kw):
+    kw.setdefault("image_size", SIZE)
+    return REFLACXDataset(root, root, **kw)
+
+
+def metadata(root, phase=1):
+    return root / "main_data" / f"metadata_phase_{phase}.csv"
+
+
+def multi_reader_image(ds):
+    return next(d for d, idx in ds.readings_by_image().items() if len(idx) >= 3)
+
+
+# -- the loader ----------------------------------------------------------------------------
+def test_samples_have_the_egd_form_plus_reader_and_reading(reflacx_root):
+    ds = dataset(reflacx_root)
+    meta = read_metadata(reflacx_root)
+    assert len(ds) == int((~meta["eye_tracking_data_discarded"]).sum())
+    for i in range(len(ds)):
+        s = ds[i]
+        assert s["image"].shape == (1, *SIZE) and 0 <= s["image"].min() and s["image"].max() <= 1
+        assert s["saliency"].shape == (1, *SIZE) and (s["saliency"] >= 0).all()
+        assert s["saliency"].sum().item() == pytest.approx(1.0, abs=1e-4)
+        assert s["label"] == -1 and len(s["dicom_id"]) == 44 and s["patient_id"].isdigit()
+        assert s["reading_id"].startswith(f"P{meta.set_index('id').loc[s['reading_id'], 'phase']}{s['reader_id']}R")
+        fx = s["fixations"]
+        assert fx.ndim == 2 and len(fx) > 0 and (fx >= -0.5).all() and (fx <= SIZE[1] - 0.5).all()
+    summary = ds.summary()
+    assert summary["images_with_several_readers"] >= 2 and summary["readers"] == 5
+
+
+def test_discarded_readings_are_skipped_and_counted(reflacx_root):
+    meta = read_metadata(reflacx_root)
+    ds = dataset(reflacx_root)
+    n_discarded = int(meta["eye_tracking_data_discarded"].sum())
+    assert n_discarded > 0 and ds.discarded == n_discarded
+    assert not set(meta.loc[meta["eye_tracking_data_discarded"], "id"]) & set(ds.meta["id"])
+    # A discarded reading needs no fixations file: the synthetic set writes none for them.
+    assert not any((reflacx_root / "main_data" / i / "fixations.csv").exists()
+                   for i in meta.loc[meta["eye_tracking_data_discarded"], "id"])
+
+
+def test_cache_serves_the_same_sample(reflacx_root, tmp_path):
+    ds = dataset(reflacx_root, cache_dir=tmp_path / "cache")
+    first, again = ds[1], ds[1]
+    assert len(list((tmp_path / "cache").glob("*/*.bin"))) == 1
+    assert torch.equal(first["saliency"], again["saliency"]) and first["reader_id"] == again["reader_id"]
+
+
+def test_jpg_images_are_accepted(reflacx):
+    from PIL import Image
+
+    from cxrlib.data import read_dicom
+
+    for dcm in reflacx.glob("files/**/*.dcm"):
+        Image.fromarray((read_dicom(dcm) * 255).astype(np.uint8)).save(dcm.with_suffix(".jpg"))
+        dcm.unlink()
+    assert dataset(reflacx)[0]["image"].shape == (1, *SIZE)
+
+
+# -- bad input -----------------------------------------------------------------------------
+def test_missing_metadata_column_is_named(reflacx):
+    table = pd.read_csv(metadata(reflacx))
+    table.drop(columns="image_size_x").to_csv(metadata(reflacx), index=False)
+    with pytest.raises(ValueError, match=r"metadata_phase_1\.csv: missing required column\(s\) \['image_size_x'\]"):
+        dataset(reflacx)
+
+
+def test_bad_discarded_flag_names_the_line(reflacx):
+    table = pd.read_csv(metadata(reflacx))
+    table["eye_tracking_data_discarded"] = table["eye_tracking_data_discarded"].astype(object)
+    table.loc[2, "eye_tracking_data_discarded"] = "maybe"
+    table.to_csv(metadata(reflacx), index=False)
+    with pytest.raises(ValueError, match=r"metadata_phase_1\.csv, line 4: eye_tracking_data_discarded .*'maybe'"):
+        dataset(reflacx)
+
+
+def kept_reading(root):
+    meta = read_metadata(root)
+    return meta.loc[~meta["eye_tracking_data_discarded"], "id"].iloc[0]
+
+
+def test_bad_fixation_row_names_file_and_line(reflacx):
+    path = reflacx / "main_data" / kept_reading(reflacx) / "fixations.csv"
+    table = pd.read_csv(path)
+    table["x_position"] = table["x_position"].astype(object)
+    table.loc[3, "x_position"] = "n/a"
+    table.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=rf"{path.parent.name}/fixations\.csv, line 5: column x_position is not a number"):
+        dataset(reflacx)
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("timestamp_end_fixation", -1.0, "the fixation ends before it starts"),
+    ("angular_resolution_y_pixels_per_degree", 0.0, "pixels per degree must be positive"),
+    ("xmax_shown_from_image", -5.0, "the shown rectangle is empty"),
+])
+def test_impossible_fixation_values(reflacx, column, value, message):
+    path = reflacx / "main_data" / kept_reading(reflacx) / "fixations.csv"
+    table = pd.read_csv(path)
+    table.loc[0, column] = value
+    table.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=rf"fixations\.csv, line 2: {message}"):
+        dataset(reflacx)
+
+
+def test_missing_fixation_column_and_file(reflacx):
+    path = reflacx / "main_data" / kept_reading(reflacx) / "fixations.csv"
+    pd.read_csv(path).drop(columns="ymin_shown_from_image").to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"missing required column\(s\) \['ymin_shown_from_image'\]"):
+        dataset(reflacx)
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match="fixations file not found"):
+        dataset(reflacx)
+
+
+def test_missing_image_and_wrong_size_name_the_reading(reflacx):
+    table = pd.read_csv(metadata(reflacx))
+    table.loc[0, "image_size_x"] += 7
+    table.to_csv(metadata(reflacx), index=False)
+    with pytest.raises(ValueError, match=rf"line 2 \(reading {table.loc[0, 'id']}\): image_size_y/x say"):
+        dataset(reflacx)[0]
+    next(reflacx.glob("files/**/*.dcm")).unlink()
+    with pytest.raises(FileNotFoundError, match=r"metadata_phase_\d\.csv, line \d+ \(reading P\d+R\d+\): image not found"):
+        dataset(reflacx)
+
+
+def test_missing_phase_file(reflacx):
+    metadata(reflacx, 2).unlink()
+    with pytest.raises(FileNotFoundError, match="metadata_phase_2.csv.*phases="):
+        dataset(reflacx)
+    assert len(dataset(reflacx, phases=(1, 3))) > 0
+
+
+# -- the map convention --------------------------------------------------------------------
+def shown_points(xy, weight, ppd, shown):
+    n = len(xy)
+    return ShownGazePoints(np.asarray(xy, float), np.asarray(weight, float), np.tile(ppd, (n, 1)).astype(float),
+                           np.tile(shown, (n, 1)).astype(float))
+
+
+@pytest.mark.parametrize("resize", ["pad_resize", "stride"])
+def test_reflacx_convention_equals_fixed_sigma_when_it_must(resize):
+    """One sigma for every point, the whole image shown: the REFLACX map is the fixed-sigma map
+    with the same weights (equal durations: the count map)."""
+    rng = np.random.default_rng(0)
+    native = (300, 240)
+    geometry = Geometry.fit(native, (64, 64), resize)
+    xy = rng.uniform([5, 5], [235, 295], (12, 2))
+    whole = (0, 0, native[1] - 1, native[0] - 1)
+    for weight in (np.full(12, 0.3), rng.uniform(0.1, 0.6, 12)):
+        reflacx, _ = gaze_map(shown_points(xy, weight, (9.0, 9.0), whole), geometry, None, convention="reflacx")
+        fixed, _ = gaze_map(GazePoints(xy, weight), geometry, 9.0)
+        np.testing.assert_allclose(reflacx, fixed, atol=1e-7)
+    count, _ = gaze_map(GazePoints(xy, np.ones(12)), geometry, 9.0)
+    np.testing.assert_allclose(gaze_map(shown_points(xy, np.full(12, 0.3), (9.0, 9.0), whole), geometry, None,
+                                        convention="reflacx")[0], count, atol=1e-7)
+
+
+def test_reflacx_convention_clips_to_the_shown_rectangle_and_uses_both_axes():
+    native = (200, 200)
+    geometry = Geometry.fit(native, (64, 64))
+    xy = [[90.0, 100.0]]
+    left_half, _ = gaze_map(shown_points(xy, [1.0], (20.0, 20.0), (0, 0, 99, 199)), geometry, None, convention="reflacx")
+    columns = (np.arange(64) + 0.5) / geometry.scale - 0.5  # native column of each output pixel
+    assert left_half[:, columns > 99.5].sum() == 0 and left_half[:, columns < 99].sum() == pytest.approx(1, abs=1e-5)
+    wide, _ = gaze_map(shown_points(xy, [1.0], (30.0, 5.0), (0, 0, 199, 199)), geometry, None, convention="reflacx")
+    spread = [(wide.sum(axis=a) > wide.sum(axis=a).max() / 2).sum() for a in (0, 1)]  # along x, along y
+    assert spread[0] > 3 * spread[1]
+
+
+def test_each_fixation_weighs_its_duration_whatever_its_sigma():
+    """A zoomed-in fixation (fewer pixels per degree) is sharper, not lighter: far from the
+    borders, two fixations of equal duration carry equal mass."""
+    native = (400, 400)
+    geometry = Geometry.fit(native, (128, 128))
+    points = ShownGazePoints(np.array([[100.0, 200.0], [300.0, 200.0]]), np.array([0.4, 0.4]),
+                             np.array([[8.0, 8.0], [20.0, 20.0]]), np.tile([0.0, 0.0, 399.0, 399.0], (2, 1)))
+    heat, _ = gaze_map(points, geometry, None, convention="reflacx")
+    assert heat[:, :64].sum() == pytest.approx(0.5, abs=1e-3) and heat[:, :64].max() > 3 * heat[:, 64:].max()
+
+
+def test_reflacx_convention_needs_its_points():
+    geometry = Geometry.fit((100, 100), (64, 64))
+    with pytest.raises(TypeError, match="ShownGazePoints"):
+        gaze_map(GazePoints(np.array([[50.0, 50.0]]), np.ones(1)), geometry, None, convention="reflacx")
+    with pytest.raises(ValueError, match="convention must be one of"):
+        gaze_map(GazePoints(np.array([[50.0, 50.0]]), np.ones(1)), geometry, 5.0, convention="egd")
+
+
+# -- the ceiling, exclusion, label mapping ------------------------------------------------
+def test_identical_readers_reach_the_top_of_the_ceiling(reflacx):
+    ds = dataset(reflacx)
+    dicom_id = multi_reader_image(ds)
+    readings = ds.meta.loc[ds.readings_by_image()[dicom_id], "id"].tolist()
+    source = reflacx / "main_data" / readings[0] / "fixations.csv"
+    for reading in readings[1:]:
+        shutil.copyfile(source, reflacx / "main_data" / reading / "fixations.csv")
+    table = external.ceiling_table(dataset(reflacx))
+    same = table[table["dicom_id"] == dicom_id]
+    assert len(same) == len(readings) and (same["n_readers"] == len(readings)).all()
+    np.testing.assert_allclose(same["cc"], 1.0, atol=1e-5)
+    np.testing.assert_allclose(same["sim"], 1.0, atol=1e-4)
+    assert (same["kld"].abs() < 1e-4).all()
+    others = table[table["dicom_id"] != dicom_id]
+    assert len(others) and (others["cc"] < 0.99).all()
+    summary = external.summarise(table, n_boot=50)
+    row = summary[(summary["metric"] == "cc")].iloc[0]
+    assert row["n_images"] == table["dicom_id"].nunique() and row["ci_low"] <= row["mean"] <= row["ci_high"]
+
+
+def test_ceiling_needs_images_with_several_readers(reflacx_root):
+    with pytest.raises(ValueError, match="no image has 6 or more readers"):
+        external.ceiling_table(dataset(reflacx_root), min_readers=6)
+
+
+def test_egd_training_images_are_excluded_and_counted(reflacx_root):
+    ds = dataset(reflacx_root)
+    dicom_id = multi_reader_image(ds)
+    n = len(ds.readings_by_image()[dicom_id])
+    kept = dataset(reflacx_root, exclude_dicom_ids=[dicom_id, "not-in-reflacx"])
+    assert dicom_id not in set(kept.meta["dicom_id"]) and len(kept) == len(ds) - n
+    assert (kept.excluded, kept.excluded_images) == (n, 1)
+    assert kept.summary()["excluded_readings"] == n
+
+
+def test_label_mapping_is_explicit():
+    meta = pd.DataFrame({"Enlarged cardiac silhouette": [5, 0, 0, 0, 5, 3], "Pulmonary edema": [0, 0, 0, 0, 0, 0],
+                         "Consolidation": [0, 4, 0, 0, 5, 0], "Support devices": [0, 0, 5, 0, 0, 0],
+                         "Atelectasis": [0, 0, 0, 3, 0, 0]})
+    assert mapped_labels(meta, "certainty").tolist() == [1, 2, 0, -1, -1, -1]
+    assert mapped_labels(meta, None).tolist() == [-1] * 6
+    with pytest.raises(ValueError, match="label_mapping must be one of"):
+        mapped_labels(meta, "guess")
+
+
+def test_cli_writes_the_reflacx_format(tmp_path, capsys):
+    assert cli.main(["synth", str(tmp_path / "r"), "--format", "reflacx", "--n-images", "4"]) == 0
+    assert "REFLACX-format" in capsys.readouterr().out
+    assert len(dataset(tmp_path / "r")) >= 4
+
+
+def test_gap_to_ceiling_pairs_readings():
+    rng = np.random.default_rng(0)
+    ceiling = pd.DataFrame({"dicom_id": np.repeat(["a", "b", "c"], 2), "reader_id": ["1", "2"] * 3,
+                            "reading_id": [f"r{i}" for i in range(6)], "n_readers": 2, "map": external.CEILING,
+                            **{k: rng.uniform(0.2, 0.8, 6) for k in external.SALIENCY_KEYS}})
+    model = ceiling.assign(map=external.MODEL, cc=ceiling["cc"] + 0.1).sample(frac=1, random_state=0)  # other order
+    gap = external.gap_to_ceiling(pd.concat([model, ceiling]), n_boot=50).set_index("metric")
+    assert gap.loc["cc", "model - ceiling"] == pytest.approx(0.1)
+    assert gap.loc["kld", "model - ceiling"] == pytest.approx(0.0) and gap.loc["kld", "ci_high"] == pytest.approx(0.0)
+    assert (gap["n_images"] == 3).all()
+
+
+def test_classification_only_on_mapped_readings():
+    probs = np.eye(3)[[0, 1, 2, 0, 1, 2]] * 0.8 + 0.2 / 3
+    labels = [0, 1, 2, -1, -1, 2]
+    scores = external.classification({"probs": probs}, labels, n_boot=20)
+    assert scores["n_readings"] == 4 and scores["accuracy"] == 1.0
+    assert external.classification({"probs": probs}, [-1] * 6) is None
+
+
+def test_a_real_reflacx_folder_is_read_and_never_drawn_to_figures(reflacx_root, tmp_path, capsys):
+    from cxrlib.config import make_config
+
+    config = make_config("external", "demo", run_dir=str(tmp_path), reflacx_root=str(reflacx_root),
+                         reflacx_image_root=str(reflacx_root), image_size=(64, 64))
+    data = external.reflacx_data(config, exclude_dicom_ids=[])
+    assert data.reflacx_root == reflacx_root and len(data) > 0
+    assert external.save_figure(object(), "reflacx_readers.png", config) is None
+    assert "must not enter the repository" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="reflacx_image_root"):
+        external.ensure_reflacx(make_config("external", "demo", run_dir=str(tmp_path), reflacx_root=str(reflacx_root)))
+    with pytest.raises(FileNotFoundError, match="no main_data"):
+        external.ensure_reflacx(make_config("external", "demo", run_dir=str(tmp_path), reflacx_root=str(tmp_path)))
+    with pytest.raises(ValueError, match="label_mapping"):
+        make_config("external", "demo", label_mapping="guess")
