@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrlib import distributed
+from cxrlib import distributed, runfolder
+from cxrlib.checkpoints import load_weights, resolve_init
 from cxrlib.config import (ContrastiveConfig, DataConfig, EncoderConfig, ExplainConfig, ExternalConfig, FusionConfig,
                            JointConfig, ResultsConfig, SaliencyConfig, load_config, make_config)
 from cxrlib.data import EGDDataset, collate, load_or_make_splits, read_master_sheet, split_ids
@@ -86,7 +87,7 @@ def prepare_data(config, *, progress: bool = True) -> DataBundle:
 
     Under torchrun rank 0 writes the synthetic data and the split first; the others then read them.
     """
-    with distributed.main_first():
+    with distributed.main_first(), runfolder.data_lock(config.run_dir):  # one writer of the data at a time
         egd_root, image_root = ensure_data(config, progress=progress and distributed.is_main())
         sheet = read_master_sheet(egd_root / "master_sheet.csv")
         splits = load_or_make_splits(Path(config.run_dir) / "splits.csv", sheet, seed=config.data_seed)
@@ -206,6 +207,7 @@ def build_stage_model(config) -> nn.Module:
     entry = stage_of(config)
     if not entry.trainable:
         raise ValueError(f"{config.stage} trains no model; training stages: {', '.join(TRAINABLE_STAGES)}")
+    seed_everything(config.seed)  # the random init must not depend on what ran before (a notebook's cells)
     # ImageNet weights only for a stage that starts from scratch: the others get their DenseNet
     # from the upstream checkpoint (init_from), so loading ImageNet first would be wasted work.
     fresh = init_checkpoint(config.init_from, config.run_dir) is None
@@ -214,11 +216,10 @@ def build_stage_model(config) -> nn.Module:
 
 def initialise(model: nn.Module, config) -> str:
     """Load the upstream stage's best weights (``init_from``); return what was done."""
-    path = init_checkpoint(config.init_from, config.run_dir)
+    path = resolve_init(config)  # an explicit path or stage that does not resolve raises
     if path is None:
         return "random initialisation" + (" (+ ImageNet DenseNet)" if config.pretrained else "")
-    if not path.is_file():
-        warn_missing_init(config.stage, path, config.profile)
+    if not path.is_file():  # the default upstream stage, absent in a smoke run (warned)
         return f"random initialisation ({path} missing)"
     parts = load_init(model, path, parts=stage_of(config).init_parts)
     return f"initialised {', '.join(parts)} from {path}"
@@ -317,7 +318,7 @@ def load_stage_model(config, stage: str = "stage3", *, model_name: str | None = 
     state = load_checkpoint(checkpoint_path(config, stage))
     saved = state["config"]
     model = build_named(model_name or stage_of(saved).model_name(load_config(saved)), saved)
-    model.load_state_dict(state["model"])
+    load_weights(model, state, checkpoint_path(config, stage))
     return model.to(_device(config)).eval()
 
 

@@ -11,7 +11,8 @@ Two switches select the paper code's reading instead (``Data/hzhu_data_raw.py``:
 the stored values (no rescale, no MONOCHROME1 inversion) and ``intensity="max"`` divides by the
 maximum *after* the resize, where :func:`load_image` puts it.
 * Compressed transfer syntaxes need a pixel-data handler; without one the error names the file
-  and the package to install.
+  and the package to install. A truncated file, or a corrupt stream that an installed decoder
+  rejects, is reported as such (not as "no pixel data" or a missing handler).
 """
 
 from __future__ import annotations
@@ -28,6 +29,22 @@ HANDLER_HINT = (
 )
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".png")
 INTENSITY_MODES = ("minmax", "max")
+
+
+def _decoder_available(syntax) -> bool:
+    from pydicom.pixels import get_decoder
+
+    try:
+        return get_decoder(syntax).is_available
+    except Exception:  # a syntax pydicom has no decoder entry for
+        return False
+
+
+def _says_no_plugin(message: str) -> bool:
+    """pydicom's wording for "no decoder installed" (as opposed to a decoder that failed)."""
+    text = message.lower()
+    return any(k in text for k in ("none of the available plugins", "are installed", "missing required",
+                                   "no pixel data handler", "not installed"))
 
 
 def _scale_to_unit(pixels: np.ndarray) -> np.ndarray:
@@ -77,7 +94,12 @@ def read_dicom(path, *, voi_lut: bool = False, modality_lut: bool = True, intens
     except Exception as err:  # truncated headers raise assorted errors deep in pydicom
         raise ValueError(f"{path}: cannot parse the DICOM header ({type(err).__name__}: {err})") from err
     if "PixelData" not in ds:
-        raise ValueError(f"{path}: the DICOM file has no pixel data")
+        size = path.stat().st_size
+        if len(ds) == 0 or "Rows" in ds:  # an image header (or nothing) but no pixels: cut short
+            raise ValueError(f"{path}: the file ends before its pixel data ({size} bytes): it is truncated (an "
+                             f"interrupted download or copy); replace it with an intact copy")
+        raise ValueError(f"{path}: the DICOM file has no pixel data (not an image; SOP class "
+                         f"{ds.get('SOPClassUID', 'unknown')})")
 
     syntax = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
     try:
@@ -85,13 +107,16 @@ def read_dicom(path, *, voi_lut: bool = False, modality_lut: bool = True, intens
     except Exception as err:
         message = str(err)
         compressed = syntax is not None and getattr(syntax, "is_compressed", False)
-        if compressed and ("handler" in message.lower() or "plugin" in message.lower() or "decoder" in message.lower()):
+        if compressed and (not _decoder_available(syntax) or _says_no_plugin(message)):
             raise RuntimeError(
                 f"{path}: pixel data uses the compressed transfer syntax {syntax.name} ({syntax}) "
                 f"and no installed handler can decode it; {HANDLER_HINT}. ({message})"
             ) from err
+        what = f"the compressed {syntax.name} stream" if compressed else "the pixel data"
+        installed = " although a decoder is installed" if compressed else ""
         raise ValueError(
-            f"{path}: cannot decode the pixel data (truncated or corrupt file?): {message}"
+            f"{path}: cannot decode {what}{installed}: the file is corrupt or truncated; replace it with an "
+            f"intact copy ({' '.join(message.split())[:300]})"
         ) from err
 
     if pixels.ndim != 2:

@@ -11,6 +11,7 @@ gaze rows for unknown ids, images without gaze and missing image files.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,12 +64,18 @@ def read_master_sheet(path):
             f"{dict(zip(LABEL_COLUMNS, sheet[list(LABEL_COLUMNS)].iloc[row].tolist()))} must be 0/1 with "
             f"exactly one 1 ({int((~valid).sum())} such rows)"
         )
-    duplicated = sheet["dicom_id"].duplicated()
-    if duplicated.any():
-        row = int(np.flatnonzero(duplicated.to_numpy())[0])
-        raise ValueError(f"{path}, line {row + 2}: dicom_id {sheet['dicom_id'].iloc[row]} appears twice")
     sheet = sheet.copy()
-    sheet["dicom_id"] = sheet["dicom_id"].str.strip()
+    sheet["dicom_id"] = sheet["dicom_id"].str.strip()  # before the duplicate check: "id " is "id"
+    duplicated = sheet["dicom_id"].duplicated(keep=False)
+    if duplicated.any():
+        rows = np.flatnonzero(duplicated.to_numpy())
+        first = sheet["dicom_id"].iloc[rows[0]]
+        lines = [int(r) + 2 for r in rows if sheet["dicom_id"].iloc[r] == first]
+        raise ValueError(
+            f"{path}, lines {', '.join(map(str, lines))}: dicom_id {first!r} appears {len(lines)} times "
+            f"(ids are compared without surrounding spaces; {int(sheet['dicom_id'].duplicated().sum())} "
+            f"duplicate row(s) in all); keep one row per image"
+        )
     sheet["label"] = labels.to_numpy().argmax(axis=1).astype(int)
     return sheet
 
@@ -210,13 +217,39 @@ class EGDDataset(Dataset):
         return key
 
     def load(self, index: int) -> dict:
-        """The preprocessed arrays of sample ``index``: from the cache, else computed and cached."""
+        """The preprocessed arrays of sample ``index``: from the cache, else computed and cached.
+
+        A cache entry that passes its checksum but holds arrays of the wrong kind (written by
+        another version, say) is named with its sample, recomputed and rewritten."""
         key = self.key(index)
         arrays = self.cache.get(key)
+        dicom_id = self.sheet["dicom_id"].iloc[index]
+        if arrays is not None and (problem := self._entry_problem(arrays)):
+            warnings.warn(f"the cached sample of dicom_id {dicom_id} is damaged ({problem}); recomputing it "
+                          f"from {self.image_paths[index]}", stacklevel=2)
+            arrays = None
         if arrays is None:
             arrays = self._compute(index)
+            if problem := self._entry_problem(arrays):
+                raise ValueError(f"dicom_id {dicom_id} ({self.image_paths[index]}): bad sample ({problem})")
             self.cache.put(key, arrays)
         return arrays
+
+    def _entry_problem(self, arrays: dict) -> str | None:
+        """What is wrong with a sample's arrays (a damaged cache entry), or None. Cheap: it runs
+        on every read, so the damage is named with its sample instead of failing in a batch."""
+        missing = [k for k in ("image", "saliency", "fixations", "gaze_dropped", "native_shape") if k not in arrays]
+        if missing:
+            return f"no {missing[0]!r} array"
+        image, saliency = arrays["image"], arrays["saliency"]
+        if image.shape != self.image_size or image.dtype != np.uint16:
+            return f"image of {image.dtype} {image.shape}, expected uint16 {self.image_size}"
+        if saliency.shape != self.image_size or saliency.dtype != np.float32:
+            return f"gaze map of {saliency.dtype} {saliency.shape}, expected float32 {self.image_size}"
+        total = float(saliency.sum(dtype=np.float64))
+        if not (abs(total - 1.0) < 1e-3 and saliency.min() >= 0):
+            return f"the gaze map sums to {total:.6g} (min {float(saliency.min()):.3g}), not 1 with no negative value"
+        return None
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
