@@ -182,7 +182,7 @@ def test_frozen_bn_train_uses_batch_statistics_in_the_frozen_forward():
 @pytest.mark.parametrize("shuffle,drop_last", [(True, True), (False, False)])
 def test_training_loader_order_and_last_batch(shuffle, drop_last):
     config = make_config("stage2", "smoke", shuffle=shuffle, drop_last=drop_last, batch_size=4)
-    fake = SimpleNamespace(config=config, collate_fn=None, device=torch.device("cpu"))
+    fake = SimpleNamespace(config=config, collate_fn=None, device=torch.device("cpu"), _loaders={})
     loader = Trainer._loader(fake, list(range(10)), shuffle=True)
     batches = [b.tolist() for b in loader]
     order = sum(batches, [])
