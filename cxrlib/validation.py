@@ -21,7 +21,8 @@ _SEED_MAX = 2**32 - 1  # NumPy's legacy seeding takes 32 bits
 _RANGES = {
     **{n: (lambda v: v >= 1, "an integer >= 1") for n in (
         "epochs", "batch_size", "eval_batch_size", "synthetic_images", "base_width", "n_boot", "examples_per_class")},
-    **{n: (lambda v: v >= 0, "an integer >= 0") for n in ("num_workers", "plateau_patience", "joint_epochs")},
+    **{n: (lambda v: v >= 0, "an integer >= 0") for n in ("plateau_patience", "joint_epochs")},
+    "num_workers": (lambda v: v is None or v >= 0, "None (one per core on CUDA, 0 on the CPU) or an integer >= 0"),
     "early_stopping": (lambda v: v >= 0, "an integer >= 0 (epochs without improvement before stopping; 0: never)"),
     "max_steps_per_epoch": (lambda v: v is None or v >= 1, "None (the whole split) or an integer >= 1"),
     "max_images": (lambda v: v is None or v >= 1, "None (every image) or an integer >= 1"),
