@@ -1,8 +1,15 @@
-"""The ``cxrlib`` command: ``synth``, ``prepare``, ``run``, ``train``, ``ablate``, ``bench``, ``bench-data``, ``bench-reuse``."""
+"""The ``cxrlib`` command: ``synth``, ``prepare``, ``run``, ``train``, ``ablate``, ``bench``, ``bench-data``, ``bench-reuse``.
+
+A user error (a bad parameter, missing data, a busy run folder, a corrupt checkpoint, a failing
+notebook) prints its message, not a traceback, and exits 2 for usage errors (a parameter) or 1
+for data and run errors; ``--debug`` or ``CXRLIB_DEBUG=1`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 
@@ -57,21 +64,17 @@ def _positive_int(text: str) -> int:
 
 
 def _run(args) -> int:
-    from cxrlib.run import PipelineError, parse_value, run_pipeline
+    from cxrlib.run import parse_value, run_pipeline
 
     params = {name: parse_value(value) for name, value in (args.param or [])}
-    try:
-        run_pipeline(args.profile, run_dir=args.run_dir, egd_root=args.egd_root, image_root=args.image_root,
-                     params=params, only=args.notebooks)
-    except PipelineError as err:
-        print(f"cxrlib run: {err}", file=sys.stderr)
-        return 1
+    run_pipeline(args.profile, run_dir=args.run_dir, egd_root=args.egd_root, image_root=args.image_root,
+                 params=params, only=args.notebooks)
     return 0
 
 
 def _train(args) -> int:
     """One stage, as its notebook trains it; under ``torchrun`` on every GPU (cxrlib.distributed)."""
-    from cxrlib import distributed, stages
+    from cxrlib import distributed, runfolder, stages
     from cxrlib.config import make_config
     from cxrlib.run import parse_value
 
@@ -79,8 +82,10 @@ def _train(args) -> int:
     config = make_config(args.stage, args.profile, **params)  # a wrong parameter fails before any work
     distributed.setup()
     try:
-        data = stages.prepare_data(config, progress=not args.no_progress)
-        result = stages.run_stage(config, data, progress=not args.no_progress)
+        # one command per run folder; under torchrun rank 0 holds it for every rank
+        with runfolder.run_folder_lock(config.run_dir) if distributed.is_main() else contextlib.nullcontext():
+            data = stages.prepare_data(config, progress=not args.no_progress)
+            result = stages.run_stage(config, data, progress=not args.no_progress)
         if distributed.is_main():
             print(f"{config.stage} ({config.profile}, {distributed.world_size()} process(es)): {result.init}")
             print(result.history.to_string(index=False))
@@ -92,9 +97,11 @@ def _train(args) -> int:
 
 def _ablate(args) -> int:
     """Notebook 07's variants x seeds in one process, then the results table."""
+    from pathlib import Path
+
     import pandas as pd
 
-    from cxrlib import ablation, results
+    from cxrlib import ablation, results, runfolder
     from cxrlib.config import make_config
     from cxrlib.run import parse_value
 
@@ -108,7 +115,9 @@ def _ablate(args) -> int:
         print(plan.to_string(index=False))
         print(ablation.budget_text(plan))
         return 0
-    ablation.run_ablation(config, progress=not args.no_progress)
+    if config.train:  # one writer of the variants' folders (a stale one is removed before retraining)
+        with runfolder.run_folder_lock(Path(config.run_dir) / "ablation", what="the ablation folder"):
+            ablation.run_ablation(config, progress=not args.no_progress)
     per_seed, per_image = results.collect(config.run_dir, config.variants, config.seeds)
     summary = results.compare_variants(per_seed, per_image, reference=config.reference, n_boot=config.n_boot)
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 60):
@@ -136,7 +145,10 @@ def _bench_reuse(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from cxrlib.stages import TRAINABLE_STAGES  # the stage registry
 
-    parser = argparse.ArgumentParser(prog="cxrlib", description=__doc__)
+    parser = argparse.ArgumentParser(prog="cxrlib", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also: CXRLIB_DEBUG=1); allowed anywhere")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write a synthetic data set (EGD-CXR or REFLACX format)")
@@ -218,13 +230,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # its own parser (cxrlib.bench.build_parser): hand over every option
-        from cxrlib import bench, bench_stages
+    debug = "--debug" in argv or os.environ.get("CXRLIB_DEBUG", "").strip() not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    command = argv[0] if argv and not argv[0].startswith("-") else ""
+    try:
+        if argv[:1] == ["bench"]:  # its own parser (cxrlib.bench.build_parser): hand over every option
+            from cxrlib import bench, bench_stages
 
-        args = bench.build_parser().parse_args(argv[1:])
-        return (bench_stages.run_stages if args.stage else bench.run_models)(args)
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+            bench_args = bench.build_parser().parse_args(argv[1:])
+            return (bench_stages.run_stages if bench_args.stage else bench.run_models)(bench_args)
+        args = build_parser().parse_args(argv)  # a usage error exits 2 with argparse's message
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"cxrlib {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the message is the report; --debug gives the traceback
+        if debug:
+            raise
+        return report_error(err, f"cxrlib {command}".strip())
+
+
+def report_error(err: Exception, prefix: str = "cxrlib") -> int:
+    """Print ``err`` as one clear message; return the exit code (2: a parameter, 1: anything else)."""
+    from cxrlib.validation import ParameterError
+
+    message = str(err).strip() or type(err).__name__
+    expected = (ValueError, TypeError, OSError, RuntimeError, KeyError, ImportError)
+    if not isinstance(err, expected) or isinstance(err, (NotImplementedError, RecursionError)):
+        message = f"{type(err).__name__}: {message}"  # not a user error: keep the type for the report
+    print(f"{prefix}: error: {message}", file=sys.stderr)
+    print("(run again with --debug, or CXRLIB_DEBUG=1, for the traceback)", file=sys.stderr)
+    return 2 if isinstance(err, ParameterError) else 1
 
 
 if __name__ == "__main__":

@@ -33,9 +33,18 @@ DEFAULT_CAMS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")  # S
 # ``lr`` on the data notebook is a mistake to report, not a setting to ignore.
 _TRAINING_FIELDS = frozenset({"epochs", "batch_size", "lr", "plateau_patience", "early_stopping", "max_steps_per_epoch",
                               "amp", "amp_dtype", "channels_last", "compile", "activation_checkpointing",
-                              "sync_batchnorm", "resume", "init_from", "frozen_bn", "reuse_frozen_features"})
+                              "sync_batchnorm", "resume", "init_from", "frozen_bn", "reuse_frozen_features",
+                              "shuffle", "drop_last"})
 # A notebook that reads a trained model names its upstream stage in ``init_from`` (colab.start checks it).
 _READS_A_MODEL = (_TRAINING_FIELDS - {"init_from"}) | {"pretrained"}
+from cxrlib.runfolder import atomic_write_text, stage_lock
+from cxrlib.validation import ParameterError, check_data_roots, check_ranges
+
+# Fields that do not change a stage's weights: a resumed stage may differ in them.
+NOT_WEIGHT_FIELDS = frozenset({
+    "run_dir", "resume", "device", "num_workers", "eval_batch_size", "n_boot", "reuse_frozen_features",
+    "sync_batchnorm", "deterministic", "channels_last", "compile", "activation_checkpointing",
+    "examples_per_class", "max_images", "cam_methods", "eval_split", "kld_eps"})
 
 
 @dataclass
@@ -51,7 +60,7 @@ class StageConfig:
     image_size: tuple = (320, 256)
     gaze_source: str = "eye_gaze"
     sigma: float = 75.5
-    sigma_frac: float | None = None
+    sigma_frac: float | None = None  # fraction of the native long side (wins); None: `sigma` in pixels
     weighting: str = "count"
     resize: str = "pad_resize"
     seed: int = 0
@@ -78,6 +87,15 @@ class StageConfig:
     reuse_frozen_features: bool = True
     eval_batch_size: int = 16
     n_boot: int = 1000
+    # Fidelity switches (docs/reproduction-notes.md says which default reproduces what).
+    synthetic_difficulty: float = 0.75  # 0: every class signature at full strength; 1: hardest
+    intensity: str = "minmax"  # "max": divide by the maximum after the resize (the code)
+    modality_lut: bool = True  # False: the raw pixel_array as stored (the code), no inversion
+    eval_split: str = "test"  # "val": the code's protocol (optimistic: val also picked the checkpoint)
+    shuffle: bool = True  # training batches in random order (the code's Module/ and baseline/: False)
+    drop_last: bool = True  # drop the last partial training batch (the code keeps it)
+    kld_eps: float = 2.2204e-16  # the KLD metric's eps (benchmark); 0: exact KL as F.kl_div (the code)
+    deterministic: bool | None = None  # repeatable kernels; None: on for CPU, off for CUDA (speed)
 
     stage: typing.ClassVar[str] = "common"
     inapplicable: typing.ClassVar[frozenset] = frozenset()  # fields this stage does not read
@@ -90,10 +108,11 @@ class StageConfig:
         return {"stage": self.stage, **asdict(self)}
 
     def save(self, path=None) -> Path:
-        path = Path(path) if path is not None else self.stage_dir / "config.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str))
-        return path
+        text = json.dumps(self.to_dict(), indent=2, default=str)
+        if path is not None:
+            return atomic_write_text(path, text)
+        with stage_lock(self.stage_dir):  # not while another process trains this stage
+            return atomic_write_text(self.stage_dir / "config.json", text)
 
 
 @dataclass
@@ -102,7 +121,7 @@ class DataConfig(StageConfig):
 
     stage: typing.ClassVar[str] = "data"
     inapplicable: typing.ClassVar[frozenset] = _TRAINING_FIELDS | {
-        "pretrained", "densenet_arch", "base_width", "device", "eval_batch_size", "n_boot"}
+        "pretrained", "densenet_arch", "base_width", "device", "eval_batch_size", "n_boot", "eval_split", "kld_eps"}
     examples_per_class: int = 2
 
 
@@ -114,6 +133,8 @@ class ContrastiveConfig(StageConfig):
     loss: str = "triplet"  # triplet (paper code) | supcon | ntxent
     margin: float = 1.0
     temperature: float = 0.07
+    triplet_feature: str = "map"  # map: unpooled denseblock4 (the code) | pooled: GAP(denseblock4)
+    triplet_reduction: str = "sum"  # sum over triplets (the code) | mean
 
 
 @dataclass
@@ -122,6 +143,7 @@ class EncoderConfig(StageConfig):
 
     stage: typing.ClassVar[str] = "stage1b"
     init_from: str | None = "stage1a"
+    linear_probe: bool = False  # True: DenseNet frozen, only the Linear layer trains
 
 
 @dataclass
@@ -217,7 +239,8 @@ PROFILE_DEFAULTS = {
         "common": {"synthetic_images": 1083, "image_size": (640, 512), "pretrained": True, "base_width": 64,
                    "sigma": 75.5, "gaze_source": "eye_gaze", "plateau_patience": 40, "n_boot": 1000,
                    "activation_checkpointing": True},
-        "stage1a": {"image_size": (320, 256), "epochs": 50, "batch_size": 32},
+        # the code validates stage 1a in batches of 32 too: with the summed triplet loss the batch matters
+        "stage1a": {"image_size": (320, 256), "epochs": 50, "batch_size": 32, "eval_batch_size": 32},
         "stage1b": {"epochs": 10, "batch_size": 16},
         "stage2": {"epochs": 50, "batch_size": 16},
         "stage3": {"epochs": 40, "batch_size": 6},
@@ -235,7 +258,7 @@ def _check_type(name: str, value, annotation):
     if value is None:
         if type(None) in options:
             return None
-        raise TypeError(f"parameter {name!r} may not be None")
+        raise ParameterError(f"parameter {name!r} may not be None")
     for option in options:
         if option is type(None):
             continue
@@ -250,33 +273,33 @@ def _check_type(name: str, value, annotation):
         if option is tuple and isinstance(value, (list, tuple)):
             return tuple(value)
     wanted = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    raise TypeError(f"parameter {name!r} must be {wanted}, got {value!r} ({type(value).__name__})")
+    raise ParameterError(f"parameter {name!r} must be {wanted}, got {value!r} ({type(value).__name__})")
 
 
 def make_config(stage: str, profile: str = "smoke", **params):
     """The config of ``stage`` under ``profile``, with ``params`` (not None) on top."""
     if stage not in STAGE_CONFIGS:
-        raise ValueError(f"unknown stage {stage!r}; valid: {sorted(STAGE_CONFIGS)}")
+        raise ParameterError(f"unknown stage {stage!r}; valid: {sorted(STAGE_CONFIGS)}")
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; valid: {PROFILES}")
+        raise ParameterError(f"unknown profile {profile!r}; valid: {PROFILES}")
     cls = STAGE_CONFIGS[stage]
     hints = typing.get_type_hints(cls)
     valid = [f.name for f in fields(cls)]
     unknown = sorted(set(params) - set(valid))
     if unknown:
-        raise TypeError(
-            f"unknown parameter(s) {unknown} for {cls.__name__} ({stage}); valid parameters: "
-            f"{', '.join(parameter_names(stage))}"
+        raise ParameterError(
+            f"unknown parameter(s) {unknown} for {cls.__name__} ({stage}); valid parameters: {', '.join(parameter_names(stage))}"
         )
     unused = sorted(set(params) & cls.inapplicable)
     if unused:
-        raise TypeError(f"parameter(s) {unused} do not apply to {cls.__name__} ({stage}), which does not read "
+        raise ParameterError(f"parameter(s) {unused} do not apply to {cls.__name__} ({stage}), which does not read "
                         f"them; valid parameters: {', '.join(parameter_names(stage))}")
     merged = {}
     defaults = PROFILE_DEFAULTS[profile]
     for source in (defaults.get("common", {}), defaults.get(stage, {})):
         merged.update({k: v for k, v in source.items() if k in valid})
     merged.update({k: v for k, v in params.items() if v is not None})
+    _explicit_sigma(merged, params)
     merged["profile"] = profile
     checked = {k: _check_type(k, v, hints[k]) for k, v in merged.items()}
     config = cls(**checked)
@@ -286,19 +309,23 @@ def make_config(stage: str, profile: str = "smoke", **params):
 def _finalise(config):
     from cxrlib.data.geometry import check_image_size
 
-    config.image_size = check_image_size(config.image_size)
+    try:
+        config.image_size = check_image_size(config.image_size)
+    except ValueError as err:
+        raise ParameterError(f"parameter 'image_size': {err}") from None
     if config.run_dir is None:  # CXRLIB_RUN_DIR lets the test suite run notebooks in a fresh folder
         config.run_dir = os.environ.get("CXRLIB_RUN_DIR") or str(repository_root() / "runs" / config.profile)
     config.run_dir = str(Path(config.run_dir).expanduser().resolve())
-    if config.sigma_frac is not None and config.sigma_frac <= 0:  # 0 switches back to sigma in pixels
-        config.sigma_frac = None
     if config.egd_root is not None and config.image_root is None:
         config.image_root = config.egd_root
+    check_data_roots(config)
     choices = {"gaze_source": ("eye_gaze", "fixations"), "weighting": ("count", "duration"),
                "resize": ("pad_resize", "stride"), "frozen_bn": ("eval", "train"),
                "amp_dtype": ("auto", "bf16", "fp16")}
+    choices.update(intensity=("minmax", "max"), eval_split=("test", "val"))
     if isinstance(config, ContrastiveConfig):
         choices["loss"] = ("triplet", "supcon", "ntxent")
+        choices.update(triplet_feature=("map", "pooled"), triplet_reduction=("sum", "mean"))
     if isinstance(config, FusionConfig):
         choices["mode"] = ("head", "finetune")
     if isinstance(config, JointConfig):
@@ -307,11 +334,20 @@ def _finalise(config):
         check_results_config(config)
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
-            raise ValueError(f"parameter {name!r} must be one of {allowed}, got {getattr(config, name)!r}")
-    for name in ("epochs", "batch_size", "synthetic_images", "eval_batch_size"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"parameter {name!r} must be at least 1, got {getattr(config, name)}")
+            raise ParameterError(f"parameter {name!r} must be one of {allowed}, got {getattr(config, name)!r}")
+    check_ranges(config)
+    if not 0 <= config.synthetic_difficulty <= 1:
+        raise ParameterError(f"parameter 'synthetic_difficulty' must lie in [0, 1], got {config.synthetic_difficulty!r}")
+    if config.kld_eps < 0:
+        raise ParameterError(f"parameter 'kld_eps' must be >= 0, got {config.kld_eps!r}")
     return config
+
+
+def _explicit_sigma(merged: dict, params: dict) -> None:
+    """A ``sigma`` (native pixels) the caller sets replaces the profile's ``sigma_frac``, unless the
+    caller sets ``sigma_frac`` too (which then wins, as in EGDDataset): the way back to pixels."""
+    if params.get("sigma") is not None and params.get("sigma_frac") is None:
+        merged["sigma_frac"] = None
 
 
 _NOT_PARAMETERS = {"In", "Out", "exit", "quit", "get_ipython", "display", "IN_COLAB"}

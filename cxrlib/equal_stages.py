@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from cxrlib import stages
+from cxrlib.checkpoints import init_path
 from cxrlib.train import BEST, ended
 
 # Fields that do not change a stage's weights: equal stages may differ in them.
@@ -23,7 +24,7 @@ _NOT_WEIGHTS = {"run_dir", "resume", "device", "num_workers", "eval_batch_size",
                 "reuse_frozen_features", "sync_batchnorm"}
 
 def _upstream(config_dict: dict) -> Path | None:
-    path = stages.init_checkpoint(config_dict.get("init_from"), config_dict["run_dir"])
+    path = init_path(config_dict.get("init_from"), config_dict["run_dir"])
     return None if path is None else path.parent
 
 

@@ -95,43 +95,79 @@ def _same_label(labels: torch.Tensor) -> torch.Tensor:
     return labels[:, None] == labels[None, :]  # (B, B) bool
 
 
+TRIPLET_REDUCTIONS = ("sum", "mean")
+
+
+def _pairwise_rows(features: torch.Tensor) -> torch.Tensor:
+    """d[r, i, j] = ||f_i[r] + 1e-6 - f_j[r]||_2 for features (B, R, L): one distance per row r."""
+    # The direct (non-matmul) kernel is exact, and its backward keeps no (B, B, L) differences.
+    return torch.cdist(
+        (features + _PAIRWISE_EPS).transpose(0, 1), features.transpose(0, 1),
+        compute_mode="donot_use_mm_for_euclid_dist",
+    )  # (R, B, B)
+
+
 def triplet_all(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
     *,
     margin: float = 1.0,
+    reduction: str = "sum",
     gather: Callable | None = None,
 ) -> torch.Tensor:
     """Label-supervised triplet margin loss over every valid triplet in the batch.
 
-    The paper code's active contrastive loss (method.md, section 3). For each (a, p, n) with
-    ``a != p``, ``label[p] == label[a]`` and ``label[n] != label[a]``:
-    ``max(d(a, p) - d(a, n) + margin, 0)`` with ``d(x, y) = ||x - y + 1e-6||_2``, exactly the
-    per-triplet value of ``torch.nn.TripletMarginLoss(margin, p=2)``; the loss is the mean over
-    all valid triplets, zero-loss ones included.
+    The paper code's active contrastive loss (method.md, section 3): for each (a, p, n) with
+    ``a != p``, ``label[p] == label[a]`` and ``label[n] != label[a]``, the value of
+    ``torch.nn.TripletMarginLoss(margin, p=2)(f[a:a+1], f[p:p+1], f[n:n+1])``, then the sum
+    (``reduction="sum"``, as the code's ``train_iterate`` accumulates it) or the mean over the
+    valid triplets, zero-loss ones included.
+
+    That module takes the L2 distance ``||x - y + 1e-6||`` along the *last* axis and averages the
+    hinge ``max(d(a, p) - d(a, n) + margin, 0)`` over every other axis. So for (B, D) embeddings
+    the distance is over the whole vector, and for an unpooled (B, C, h, w) feature map (what
+    the code feeds it) it is one distance per (channel, row) over the w columns, the hinge then
+    averaged over the C*h rows.
+
+    Cost: for each anchor and row, the sum over its (positive, negative) pairs is formed from
+    the negatives' distances sorted once, with prefix sums: ``sum_n max(x - d_n, 0) = k x -
+    (sum of the k smallest d_n)``, k = #(d_n < x). Memory and time grow with B^2 rows (plus a
+    log for the sort), not with the B^3 triplets, and no triplet is visited in Python.
 
     Args:
-        embeddings: (B, D) features; (B, ...) is flattened to (B, D).
+        embeddings: (B, D) vectors or (B, ..., L) maps (distance along the last axis).
         labels: (B,) integer class labels.
+        margin: the hinge margin (the code: 1.0).
+        reduction: ``"sum"`` over triplets (the code) or ``"mean"``.
         gather: optional ``(embeddings, labels) -> (embeddings, labels)`` hook (module docstring).
 
-    Returns a scalar; with no valid triplet, a zero that keeps the graph (``0 * sum``).
+    Returns a float32 scalar; with no valid triplet, a zero that keeps the graph (``0 * sum``).
     """
-    embeddings = embeddings.flatten(1)
+    if reduction not in TRIPLET_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {TRIPLET_REDUCTIONS}, got {reduction!r}")
+    if embeddings.dim() < 2:
+        raise ValueError(f"embeddings must be (B, D) or (B, ..., L), got shape {tuple(embeddings.shape)}")
     if gather is not None:
         embeddings, labels = gather(embeddings, labels)
-    # d[i, j] = ||e_i + eps - e_j||; the direct (non-matmul) kernel is exact and its backward
-    # does not store the (B, B, D) differences.
-    d = torch.cdist(
-        embeddings + _PAIRWISE_EPS, embeddings, compute_mode="donot_use_mm_for_euclid_dist"
-    )  # (B, B)
-    same = _same_label(labels)
-    not_self = ~torch.eye(len(same), dtype=torch.bool, device=same.device)
-    valid = (same & not_self)[:, :, None] & (~same)[:, None, :]  # (B_a, B_p, B_n)
-    if not bool(valid.any()):
+    b = embeddings.shape[0]
+    rows = embeddings.float().reshape(b, -1, embeddings.shape[-1])  # (B, R, L); (B, D) -> R = 1
+    labels = labels.reshape(-1).to(rows.device)
+    same = _same_label(labels)  # (B, B)
+    positive = same & ~torch.eye(b, dtype=torch.bool, device=same.device)  # (B_a, B_p)
+    negative = ~same  # (B_a, B_n)
+    n_triplets = (positive.sum(1) * negative.sum(1)).sum()
+    if not bool(n_triplets > 0):
         return 0 * embeddings.sum()
-    per_triplet = F.relu(d[:, :, None] - d[:, None, :] + margin)  # (B_a, B_p, B_n)
-    return per_triplet[valid].mean()
+    d = _pairwise_rows(rows)  # (R, B_a, B_j)
+    # Negatives of each anchor, sorted ascending per (row, anchor); the others pushed to the end.
+    d_neg = d.masked_fill(~negative, float("inf")).sort(dim=-1).values  # (R, B_a, B_n)
+    prefix = torch.cat([torch.zeros_like(d_neg[..., :1]),
+                        torch.where(torch.isinf(d_neg), 0.0, d_neg).cumsum(-1)], dim=-1)  # (R, B_a, B_n + 1)
+    x = d + margin  # (R, B_a, B_p): the hinge is positive for negatives closer than this
+    k = torch.searchsorted(d_neg.detach().contiguous(), x.detach().contiguous())  # #(d_n < x)
+    hinge = k * x - prefix.gather(-1, k)  # sum over the anchor's negatives, (R, B_a, B_p)
+    total = (hinge * positive).sum() / rows.shape[1]  # the module's mean over the R rows
+    return total if reduction == "sum" else total / n_triplets
 
 
 def supcon(

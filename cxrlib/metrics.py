@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats
+from scipy.special import xlogy
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score, roc_curve
 
@@ -60,11 +61,16 @@ def cc(pred, gt) -> float:
 def kld(pred, gt, eps: float = EPS) -> float:
     """KL(gt || pred) = sum gt * log(eps + gt / (pred + eps)), both normalised to sum 1.
 
-    The benchmark's KLdiv (Bylinskii et al. 2019), including its eps placement.
+    The benchmark's KLdiv (Bylinskii et al. 2019), including its eps placement. ``eps=0``: the
+    exact ``sum gt (log gt - log pred)`` (0 log 0 = 0; inf where pred is 0 and gt is not), what the
+    paper's code reports (``F.kl_div(log pred, gt, reduction="batchmean")`` per image).
     Lower is better; 0 for identical maps. Negative or all-zero maps raise ValueError.
     """
     p, g = _pair(pred, gt)
     p, g = _to_distribution(p, "pred"), _to_distribution(g, "gt")
+    if eps <= 0:
+        with np.errstate(divide="ignore"):
+            return float((xlogy(g, g) - np.where(g > 0, g * np.log(p), 0.0)).sum())
     return float((g * np.log(eps + g / (p + eps))).sum())
 
 
@@ -167,10 +173,10 @@ def centre_bias_map(shape: tuple[int, int], width_frac: float = 0.25) -> np.ndar
     return g / g.sum()
 
 
-def saliency_scores(pred, gt, fixation_map=None) -> dict[str, float]:
+def saliency_scores(pred, gt, fixation_map=None, *, kld_eps: float = EPS) -> dict[str, float]:
     """CC, KLD and SIM of one (H, W) map against the ground-truth map; NSS and AUC-Judd too
-    when a fixation map is given."""
-    out = {"cc": cc(pred, gt), "kld": kld(pred, gt), "sim": sim(pred, gt)}
+    when a fixation map is given. ``kld_eps``: `kld`'s eps."""
+    out = {"cc": cc(pred, gt), "kld": kld(pred, gt, eps=kld_eps), "sim": sim(pred, gt)}
     if fixation_map is not None:
         out["nss"] = nss(pred, fixation_map)
         out["auc_judd"] = auc_judd(pred, fixation_map)
@@ -186,7 +192,7 @@ def _maps(x) -> list[np.ndarray]:
     return [_map2d(m) for m in (x if isinstance(x, (list, tuple)) else _np(x))]
 
 
-def batch_saliency_scores(preds, gts, fixation_maps=None) -> pd.DataFrame:
+def batch_saliency_scores(preds, gts, fixation_maps=None, *, kld_eps: float = EPS) -> pd.DataFrame:
     """`saliency_scores` per image: one row per image, one column per metric.
 
     ``preds`` and ``gts`` are (N, H, W) or (N, 1, H, W) arrays/tensors or sequences of maps.
@@ -197,7 +203,7 @@ def batch_saliency_scores(preds, gts, fixation_maps=None) -> pd.DataFrame:
     fx = [None if f is None else _map2d(f) for f in fx]
     if not len(p) == len(g) == len(fx):
         raise ValueError(f"{len(p)} predictions, {len(g)} gt maps, {len(fx)} fixation maps")
-    rows = [saliency_scores(a, b, f) for a, b, f in zip(p, g, fx)]
+    rows = [saliency_scores(a, b, f, kld_eps=kld_eps) for a, b, f in zip(p, g, fx)]
     return pd.DataFrame(rows)  # rows without fixations get NaN in nss and auc_judd
 
 

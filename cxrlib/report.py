@@ -94,7 +94,8 @@ class TestReport:
     def summary(self) -> str:
         """What you should see: the headline numbers of this run, with their intervals."""
         c, s, b = self.metrics["classification"], self.metrics.get("saliency", {}), self.metrics["baseline_centre"]
-        lines = [f"{self.metrics['n_test']} test images ({self.data_label})",
+        split = self.metrics.get("split", "test split")
+        lines = [f"{self.metrics['n_test']} images of the {split} ({self.data_label})",
                  f"macro AUC {c['auc_macro']:.3f} [{c['auc_macro_ci'][0]:.3f}, {c['auc_macro_ci'][1]:.3f}], "
                  f"accuracy {c['accuracy']:.3f} (chance: {1 / 3:.3f})"]
         if "cc" in s and "cc" in b:
@@ -111,11 +112,15 @@ def data_label(config) -> str:
 
 def test_report(config, model, data, *, progress: bool = True) -> TestReport:
     """Predict the test split with ``model``, score it (95 % bootstrap intervals, centre-bias
-    baseline on the same images) and write ``<stage_dir>/metrics.json`` with the run's context."""
+    baseline on the same images) and write ``<stage_dir>/metrics.json`` with the run's context.
+    ``config.eval_split="val"`` scores the validation split instead (the paper code's protocol,
+    labelled optimistic); ``config.kld_eps`` sets the KLD's eps (`evaluate.evaluate_predictions`)."""
     from cxrlib import evaluate, stages
 
-    pred = stages.predict(model, data.test, config, progress=progress)
-    metrics = evaluate.evaluate_predictions(pred, n_boot=config.n_boot, seed=config.seed)
+    scored, _ = evaluate.eval_dataset(data, config)
+    pred = stages.predict(model, scored, config, progress=progress)
+    metrics = evaluate.evaluate_predictions(pred, n_boot=config.n_boot, seed=config.seed, kld_eps=config.kld_eps,
+                                            eval_split=config.eval_split)
     label = data_label(config)
     path = evaluate.write_metrics(config.stage_dir / "metrics.json", metrics, profile=config.profile, data=label,
                                   seed=config.seed, image_size=list(config.image_size))

@@ -25,7 +25,7 @@ import pandas as pd
 from scipy import stats
 
 from cxrlib import CLASS_NAMES, metrics
-from cxrlib.evaluate import PAPER_RESULTS, SALIENCY_KEYS
+from cxrlib.evaluate import PAPER_DATA, PAPER_RESULTS, SALIENCY_KEYS
 from cxrlib.variants import VARIANTS
 
 CLASSIFICATION = ("auc_macro", *(f"auc_{c}" for c in CLASS_NAMES), "accuracy", "f1_macro")
@@ -193,7 +193,7 @@ def paper_table(summary: pd.DataFrame, *, reference: str = "full", data_label: s
     rows = []
     for key, value in PAPER_RESULTS.items():
         ours = summary[(summary["variant"] == reference) & (summary["metric"] == key)]
-        rows.append({"metric": key, "paper": value, "paper's data": "EGD-CXR test split (arXiv:2403.16970)",
+        rows.append({"metric": key, "paper": value, "paper's data": PAPER_DATA,
                      "this project": _cell(ours.iloc[0]) if len(ours) else "-",
                      "this project's data": data_label})
     return pd.DataFrame(rows)

@@ -10,6 +10,7 @@ import json
 import time
 from pathlib import Path
 
+from cxrlib import runfolder
 from cxrlib.config import STAGE_CONFIGS, make_config, parameter_names, repository_root
 from cxrlib.evaluate import SALIENCY_KEYS
 from cxrlib.stages import NOTEBOOK_STAGES  # notebook -> the stage config its parameters cell feeds
@@ -45,7 +46,9 @@ def parse_value(text: str):
 
 
 def check_parameters(params: dict) -> None:
-    """Fail before anything runs if a parameter belongs to no stage (or has a wrong type)."""
+    """Fail before anything runs (no kernel, no folder) if a parameter belongs to no stage, has a
+    wrong type or is out of range, or if ``egd_root`` / ``image_root`` do not exist: every stage's
+    config is built and checked here."""
     known = {name for stage in STAGE_CONFIGS for name in parameter_names(stage)}
     unknown = sorted(set(params) - known)
     if unknown:
@@ -58,20 +61,34 @@ def check_parameters(params: dict) -> None:
 def run_pipeline(profile: str = "demo", *, run_dir=None, egd_root=None, image_root=None,
                  params: dict | None = None, only=None, kernel_name: str = "python3",
                  progress: bool = True) -> dict:
-    """Execute the notebooks; return the final ``metrics.json`` (empty dict if none)."""
-    import papermill as pm
+    """Execute the notebooks; return the final ``metrics.json`` (empty dict if none).
 
+    Everything is checked before the first kernel starts; the run folder is locked while the
+    notebooks run, so a second ``cxrlib run`` on it is refused at once.
+    """
     params = dict(params or {})
     params.update({k: v for k, v in {"run_dir": run_dir, "egd_root": egd_root, "image_root": image_root}.items()
                    if v is not None})
     params["profile"] = profile
     check_parameters(params)
+    notebooks = pipeline_notebooks(only)
     run_dir = Path(make_config("data", profile, run_dir=params.get("run_dir")).run_dir)
     params["run_dir"] = str(run_dir)
+    with runfolder.run_folder_lock(run_dir, what=f"run folder {run_dir}"):  # one `cxrlib run` per folder
+        timings = _execute(notebooks, params, run_dir, kernel_name, progress)
+    metrics_path = run_dir / "stage3" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    print(summary_table(metrics, timings, run_dir))
+    return metrics
+
+
+def _execute(notebooks, params: dict, run_dir: Path, kernel_name: str, progress: bool) -> list:
+    import papermill as pm
+
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     timings = []
-    for notebook in pipeline_notebooks(only):
+    for notebook in notebooks:
         stage = NOTEBOOK_STAGES[notebook.name]
         names = set(parameter_names(stage)) if stage in STAGE_CONFIGS else {"profile", "run_dir"}
         given = {k: v for k, v in params.items() if k in names}
@@ -88,10 +105,7 @@ def run_pipeline(profile: str = "demo", *, run_dir=None, egd_root=None, image_ro
             ) from None
         timings.append((notebook.name, time.perf_counter() - started))
         print(f"   done in {timings[-1][1]:.0f} s", flush=True)
-    metrics_path = run_dir / "stage3" / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    print(summary_table(metrics, timings, run_dir))
-    return metrics
+    return timings
 
 
 def summary_table(metrics: dict, timings, run_dir) -> str:

@@ -29,6 +29,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_deterministic(enabled: bool | None, device) -> bool:
+    """Repeatable kernels, so a seeded rerun on the same machine gives the same weights.
+
+    ``enabled=None``: on for CPU (and MPS), off for CUDA, where the deterministic cuDNN and
+    cuBLAS paths cost speed. On: ``torch.use_deterministic_algorithms`` (an operation without a
+    deterministic kernel warns), cuDNN deterministic without autotuning, and the cuBLAS
+    workspace setting it needs (effective when set before the first CUDA matrix product).
+    Returns whether it is on.
+    """
+    device = torch.device(device)
+    on = device.type != "cuda" if enabled is None else bool(enabled)
+    if on and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.deterministic = on
+    if on:
+        torch.backends.cudnn.benchmark = False
+    return on
+
+
 def set_cpu_threads(n: int | None = None) -> int:
     """Limit torch's intra-op threads; default: the cores this process may use.
 

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrlib import distributed
+from cxrlib import distributed, runfolder
+from cxrlib.checkpoints import init_path, load_weights, resolve_init
 from cxrlib.config import (ContrastiveConfig, DataConfig, EncoderConfig, ExplainConfig, ExternalConfig, FusionConfig,
                            JointConfig, ResultsConfig, SaliencyConfig, load_config, make_config)
 from cxrlib.data import EGDDataset, collate, load_or_make_splits, read_master_sheet, split_ids
@@ -65,10 +66,11 @@ def ensure_data(config, *, progress: bool = True) -> tuple[Path, Path]:
 
     root = Path(config.run_dir) / "synthetic"
     marker = root / "synthetic.json"
-    wanted = {"n_images": config.synthetic_images, "seed": config.data_seed}
+    wanted = {"n_images": config.synthetic_images, "seed": config.data_seed,
+              "difficulty": config.synthetic_difficulty}
     if not (marker.is_file() and json.loads(marker.read_text()) == wanted):
         make_egd_like(root, n_images=config.synthetic_images, seed=config.data_seed, overwrite=True,
-                      progress=progress)
+                      progress=progress, difficulty=config.synthetic_difficulty)
         marker.write_text(json.dumps(wanted))
     return root, root
 
@@ -76,7 +78,8 @@ def ensure_data(config, *, progress: bool = True) -> tuple[Path, Path]:
 def dataset_kwargs(config, image_size=None) -> dict:
     return {"image_size": image_size or config.image_size, "gaze_source": config.gaze_source,
             "sigma": config.sigma, "sigma_frac": config.sigma_frac, "weighting": config.weighting,
-            "resize": config.resize, "cache_dir": Path(config.run_dir) / "cache"}
+            "resize": config.resize, "cache_dir": Path(config.run_dir) / "cache",
+            "intensity": config.intensity, "modality_lut": config.modality_lut}
 
 
 def prepare_data(config, *, progress: bool = True) -> DataBundle:
@@ -84,7 +87,7 @@ def prepare_data(config, *, progress: bool = True) -> DataBundle:
 
     Under torchrun rank 0 writes the synthetic data and the split first; the others then read them.
     """
-    with distributed.main_first():
+    with distributed.main_first(), runfolder.data_lock(config.run_dir):  # one writer of the data at a time
         egd_root, image_root = ensure_data(config, progress=progress and distributed.is_main())
         sheet = read_master_sheet(egd_root / "master_sheet.csv")
         splits = load_or_make_splits(Path(config.run_dir) / "splits.csv", sheet, seed=config.data_seed)
@@ -98,14 +101,6 @@ def prepare_data(config, *, progress: bool = True) -> DataBundle:
 
 def checkpoint_path(config, stage: str | None = None) -> Path:
     return Path(config.run_dir) / (stage or config.stage) / BEST
-
-
-def init_checkpoint(init_from, run_dir) -> Path | None:
-    """Where ``init_from`` points: None ("none"), a ``.pt`` path as given, or the named stage's
-    ``best.pt`` in ``run_dir``. The one place ``init_from`` becomes a path."""
-    if init_from is None or str(init_from).lower() == "none":
-        return None
-    return Path(init_from) if str(init_from).endswith(".pt") else Path(run_dir) / init_from / BEST
 
 
 # -- the registry --------------------------------------------------------------------------
@@ -161,8 +156,10 @@ STAGES = {s.name: s for s in (
     # Stage 1a's embedding is taken before DenseNet's norm5, which therefore gets no gradient.
     Stage("stage1a", ContrastiveConfig, "02_contrastive_pretraining.ipynb", model="densenet",
           trains=("densenet",), step=contrastive_step, extra=contrastive_extra, unused_parameters=True),
+    # linear_probe: the DenseNet stays frozen (in eval mode, by frozen_bn), only the Linear layer trains
     Stage("stage1b", EncoderConfig, "03_stage1_encoder.ipynb", model="densenet",
-          trains=("densenet", "classifier"), init_parts=("densenet",), step=lambda config: ce_step),
+          trains=lambda config: ("classifier",) if config.linear_probe else ("densenet", "classifier"),
+          init_parts=("densenet",), step=lambda config: ce_step),
     Stage("stage2", SaliencyConfig, "04_stage2_saliency.ipynb", model="dual", trains=_DUAL_TRUNK,
           init_parts=("densenet",), step=lambda config: saliency_step, reuse=with_frozen_densenet),
     Stage("stage3", FusionConfig, "05_stage3_fusion.ipynb", model="dual", trains=("classifier",),
@@ -202,19 +199,19 @@ def build_stage_model(config) -> nn.Module:
     entry = stage_of(config)
     if not entry.trainable:
         raise ValueError(f"{config.stage} trains no model; training stages: {', '.join(TRAINABLE_STAGES)}")
+    seed_everything(config.seed)  # the random init must not depend on what ran before (a notebook's cells)
     # ImageNet weights only for a stage that starts from scratch: the others get their DenseNet
     # from the upstream checkpoint (init_from), so loading ImageNet first would be wasted work.
-    fresh = init_checkpoint(config.init_from, config.run_dir) is None
+    fresh = init_path(config.init_from, config.run_dir) is None
     return build_named(entry.model_name(config), config, pretrained=config.pretrained if fresh else False)
 
 
 def initialise(model: nn.Module, config) -> str:
     """Load the upstream stage's best weights (``init_from``); return what was done."""
-    path = init_checkpoint(config.init_from, config.run_dir)
+    path = resolve_init(config)  # an explicit path or stage that does not resolve raises
     if path is None:
         return "random initialisation" + (" (+ ImageNet DenseNet)" if config.pretrained else "")
-    if not path.is_file():
-        warn_missing_init(config.stage, path, config.profile)
+    if not path.is_file():  # the default upstream stage, absent in a smoke run (warned)
         return f"random initialisation ({path} missing)"
     parts = load_init(model, path, parts=stage_of(config).init_parts)
     return f"initialised {', '.join(parts)} from {path}"
@@ -313,7 +310,7 @@ def load_stage_model(config, stage: str = "stage3", *, model_name: str | None = 
     state = load_checkpoint(checkpoint_path(config, stage))
     saved = state["config"]
     model = build_named(model_name or stage_of(saved).model_name(load_config(saved)), saved)
-    model.load_state_dict(state["model"])
+    load_weights(model, state, checkpoint_path(config, stage))
     return model.to(_device(config)).eval()
 
 

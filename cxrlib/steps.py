@@ -32,19 +32,27 @@ def joint_extra(config, model) -> dict:
 
 
 def contrastive_step(config):
-    """Stage 1a: the configured contrastive loss on GAP(denseblock4) (method.md section 3).
+    """Stage 1a: the configured contrastive loss on denseblock4 (method.md section 3).
+
+    The triplet loss takes the unpooled (B, 1920, h, w) map by default, as the paper's code does
+    (``triplet_feature="pooled"``: GAP, 1920-d), summed over triplets (``triplet_reduction``);
+    SupCon and NT-Xent take GAP(denseblock4).
 
     Under torchrun the training loss is formed on the batch of all ranks (every rank's negatives
     see the others'; gradients flow back through the all-gather, see ``cxrlib.distributed``);
     validation, in eval mode, stays per rank.
     """
     # each loss takes its own hyper-parameter: the triplet a margin, SupCon / NT-Xent a temperature
-    hyper = {"margin": config.margin} if config.loss == "triplet" else {"temperature": config.temperature}
+    hyper = {"margin": config.margin, "reduction": config.triplet_reduction} if config.loss == "triplet" \
+        else {"temperature": config.temperature}
+    unpooled = config.loss == "triplet" and config.triplet_feature == "map"
 
     def step(model, batch, extra=None):
         gather = distributed.all_gather_batch if model.training and distributed.world_size() > 1 else None
         if config.loss == "ntxent":  # self-supervised: two random views of each image
             inputs = [extra["projection"](model(random_view(batch["image"]))["embedding"]) for _ in range(2)]
+        elif unpooled:  # the paper code's triplet: the denseblock4 map (B, 1920, h, w) and the labels
+            inputs = [model.forward_features(batch["image"])["bottleneck"], batch["label"]]
         else:  # label-supervised: the embedding (B, 1920) and the labels
             inputs = [model(batch["image"])["embedding"], batch["label"]]
         return {"loss": losses.contrastive_loss(config.loss, *inputs, gather=gather, **hyper)}

@@ -231,7 +231,8 @@ def make_egd_like(out_dir, *, n_images: int = 300, seed: int = 0, native_size=(3
                   native_shape=None, transfer_syntax: str = "explicit",
                   repeat_patient_frac: float = 0.06, monochrome1_frac: float = 0.3,
                   reading_seconds=(8.0, 14.0), gaze_hz: float = 60.0, offscreen_frac: float = 0.03,
-                  overwrite: bool = False, progress: bool = True) -> pathlib.Path:
+                  overwrite: bool = False, progress: bool = True,
+                  difficulty: float = anatomy.DEFAULT_DIFFICULTY) -> pathlib.Path:
     """Write a synthetic EGD-CXR-format data set into ``out_dir`` and return it.
 
     ``native_size`` is the range of image heights in pixels; widths are 0.78-0.95 of the height.
@@ -241,8 +242,10 @@ def make_egd_like(out_dir, *, n_images: int = 300, seed: int = 0, native_size=(3
     Same ``seed``: byte-identical CSVs and identical pixel arrays. The set is written into a
     temporary folder beside ``out_dir`` and renamed into place at the end, so no reader ever
     sees a half-written set. With ``overwrite=True`` an existing set is replaced; other files in
-    the folder are kept.
+    the folder are kept. ``difficulty`` (0 to 1): how weak and overlapping the class signatures
+    are (`cxrlib.synthetic_anatomy`).
     """
+    difficulty = anatomy.check_difficulty(difficulty)
     out = pathlib.Path(out_dir)
     _check_arguments(n_images=n_images, native_size=native_size, native_shape=native_shape,
                      transfer_syntax=transfer_syntax, repeat_patient_frac=repeat_patient_frac,
@@ -273,7 +276,7 @@ def make_egd_like(out_dir, *, n_images: int = 300, seed: int = 0, native_size=(3
             p = anatomy.restudy(r, patients[pid])
         else:
             body_rng = np.random.default_rng([seed, 2, pid])
-            p = patients[pid] = anatomy.draw_patient(body_rng, int(labels[k]))
+            p = patients[pid] = anatomy.draw_patient(body_rng, int(labels[k]), difficulty)
         h = int(r.integers(native_size[0], native_size[1] + 1))
         w = round(h * r.uniform(0.78, 0.95))  # drawn in any case: native_shape leaves the streams as they are
         h, w = (h, w) if native_shape is None else (int(native_shape[0]), int(native_shape[1]))

@@ -10,6 +10,13 @@ The picture is a sum of densities, like an X-ray: body soft tissue, minus air in
 mediastinum, heart, spine, ribs, clavicles, vessels and, below the diaphragm domes, the abdomen.
 The class signatures are added on top (`render`). A final rank transform and a random tone curve
 make the grey-level histogram independent of the class (see `render`).
+
+``difficulty`` (0 to 1) weakens the signatures and makes the classes overlap, as real
+radiographs do: milder cardiomegaly and borderline-normal hearts (the cardiothoracic ratios of the
+classes overlap), subtler oedema haze, fewer effusions and less vascular redistribution in CHF,
+smaller and fainter consolidations, and a faint haze in some normal studies. At 0
+every signature has its full strength and the draws are those of the generator without this
+setting. `DEFAULT_DIFFICULTY` is calibrated on the demo profile (docs/reproduction-notes.md).
 """
 
 from __future__ import annotations
@@ -21,40 +28,70 @@ from scipy import ndimage
 from scipy.special import expit
 
 CTR_RANGE = {0: (0.42, 0.50), 1: (0.55, 0.68), 2: (0.42, 0.50)}  # label -> cardiothoracic ratio
+# At difficulty 1: CHF hearts from 0.48 (mild cardiomegaly), other hearts up to 0.52 (borderline).
+CTR_RANGE_HARD = {0: (0.42, 0.52), 1: (0.48, 0.60), 2: (0.42, 0.52)}
+DEFAULT_DIFFICULTY = 0.75  # the demo profile's calibration; config.StageConfig.synthetic_difficulty
 
 
-def draw_patient(rng: np.random.Generator, label: int) -> dict:
-    """Body shape and disease of one patient; all of that patient's studies share it."""
+def _lerp(easy, hard, difficulty: float):
+    """Interpolate numbers or tuples of numbers between their easy (0) and hard (1) values."""
+    if isinstance(easy, tuple):
+        return tuple(_lerp(e, h, difficulty) for e, h in zip(easy, hard))
+    return easy + (hard - easy) * difficulty
+
+
+def ctr_range(label: int, difficulty: float = 0.0) -> tuple[float, float]:
+    return _lerp(CTR_RANGE[label], CTR_RANGE_HARD[label], difficulty)
+
+
+def check_difficulty(difficulty) -> float:
+    if not isinstance(difficulty, (int, float)) or isinstance(difficulty, bool) or not 0 <= difficulty <= 1:
+        raise ValueError(f"difficulty must be a number in [0, 1], got {difficulty!r}")
+    return float(difficulty)
+
+
+def draw_patient(rng: np.random.Generator, label: int, difficulty: float = 0.0) -> dict:
+    """Body shape and disease of one patient; all of that patient's studies share it.
+
+    ``difficulty`` only rescales draws (same draws in the same order) and adds draws at the end,
+    so the bodies of a seed stay the same at every difficulty.
+    """
+    d = check_difficulty(difficulty)
     T = rng.uniform(0.33, 0.37)  # lateral lung edge (thoracic half-width)
     cp, apex = rng.uniform(0.74, 0.79), rng.uniform(0.08, 0.11)  # costophrenic angles, apices
     dome_r = cp - rng.uniform(0.08, 0.11)  # patient's right hemidiaphragm sits higher
     p = dict(label=label, T=T, m=rng.uniform(0.045, 0.06), apex=apex, cp=cp,
              hilum=apex + rng.uniform(0.46, 0.52) * (dome_r - apex),
              dome=(dome_r, dome_r + rng.uniform(0.005, 0.03)), body=rng.uniform(0.42, 0.48),
-             ctr=rng.uniform(*CTR_RANGE[label]), tilt=math.radians(rng.uniform(20, 38)),
+             ctr=rng.uniform(*ctr_range(label, d)), tilt=math.radians(rng.uniform(20, 38)),
              aspect=rng.uniform(0.62, 0.74), bubble=rng.random() < 0.7,
              rib_period=rng.uniform(0.052, 0.060), rib_phase=rng.uniform(0, 1),
              vessels=[(s, rng.uniform(-1.2, 1.3), rng.uniform(0.10, 0.22)) for s in (-1, 1)
                       for _ in range(9)])
+    p["difficulty"] = d
     if label == 1:  # CHF: oedema around both hila, often blunted costophrenic angles
-        amp = rng.uniform(0.26, 0.36)
+        amp = rng.uniform(*_lerp((0.26, 0.36), (0.0, 0.12), d))
         p["haze"] = (amp * rng.uniform(0.8, 1.2), amp * rng.uniform(0.8, 1.2))
-        p["effusion"] = tuple(rng.uniform(0.05, 0.09) if rng.random() < 0.45 else 0.0
+        p["effusion"] = tuple(rng.uniform(0.05, 0.09) if rng.random() < _lerp(0.45, 0.10, d) else 0.0
                               for _ in (-1, 1))
     if label == 2:  # pneumonia: one consolidation in a random zone of a random lung
         s, zone = rng.choice([-1, 1]), rng.integers(3)
         lung_w = T - p["m"]
         b = apex + (dome_r - apex) * rng.uniform(*((0.2, 0.35), (0.45, 0.6), (0.7, 0.82))[zone])
         p["lesion"] = dict(a=s * (p["m"] + lung_w * rng.uniform(0.4, 0.72)), b=b,
-                           r=lung_w * rng.uniform(0.18, 0.28), amp=rng.uniform(0.30, 0.42),
+                           r=lung_w * rng.uniform(*_lerp((0.18, 0.28), (0.17, 0.27), d)),
+                           amp=rng.uniform(*_lerp((0.30, 0.42), (0.28, 0.41), d)),
                            side=int(s), zone=("upper", "middle", "lower")[zone],
                            harm=rng.uniform(-0.15, 0.15, (3, 2)))
+    if d > 0 and label == 0 and rng.random() < 0.2 * d:  # overlap: a faint perihilar haze
+        amp = rng.uniform(0.0, 0.10 * d)
+        p["haze"] = (amp * rng.uniform(0.8, 1.2), amp * rng.uniform(0.8, 1.2))
     return p
 
 
 def restudy(rng: np.random.Generator, p: dict) -> dict:
     """The same patient at a later study: same body, the disease a little changed."""
-    q = dict(p, ctr=float(np.clip(p["ctr"] + rng.normal(0, 0.01), *CTR_RANGE[p["label"]])))
+    q = dict(p, ctr=float(np.clip(p["ctr"] + rng.normal(0, 0.01), *ctr_range(p["label"], p.get("difficulty", 0.0)))))
     if "lesion" in p:
         q["lesion"] = dict(p["lesion"], r=p["lesion"]["r"] * rng.uniform(0.85, 1.15))
     return q
@@ -191,20 +228,23 @@ def render(p: dict, acq: dict, rng: np.random.Generator) -> np.ndarray:
     texture = _smooth_noise(rng, A.shape, 0.012 * h)
 
     heel = 0.04 * (A + 0.5) + 0.03 * B  # anode heel effect and scatter: no region is flat
+    # CHF's vascular redistribution: stronger vessels, less so the harder the set
+    vessel_weight = 0.15 + (_lerp(0.05, 0.0, p.get("difficulty", 0.0)) if p["label"] == 1 else 0.0)
     # Overlapping soft-tissue organs do not add up (they displace each other): take the max.
     dense = np.maximum(0.22 * np.maximum(np.maximum(med, knob), heart),
                        (0.24 + 0.15 * (B - dome)) * abdomen)
     D = (0.45 * body - 0.33 * lung * body + dense * body + heel - 0.15 * bubble
          + 0.06 * rib * thorax * (0.1 + 0.9 * lung) + 0.12 * clav * body
          + 0.015 * spine * med + 0.006 * spine * heart
-         + (0.2 if p["label"] == 1 else 0.15) * vessels * lung + 0.06 * hila * lung
+         + vessel_weight * vessels * lung + 0.06 * hila * lung
          - 0.35 * airway * med + 0.02 * texture * lung)
 
-    if p["label"] == 1:  # CHF: bilateral perihilar (butterfly) haze and blunted angles
+    if "haze" in p:  # CHF (and, on a hard set, some others): bilateral perihilar (butterfly) haze
         rows = ((B - p["hilum"]) / 0.11) ** 2
         haze = sum(amp * np.exp(-0.5 * (((A - s * 0.13) / 0.095) ** 2 + rows))
                    for s, amp in zip((-1, 1), p["haze"]))  # two wings around the hila
         D += haze * lung * (0.75 + 0.25 * np.clip(texture, -2, 2))
+    if p["label"] == 1:  # CHF: blunted costophrenic angles
         for side, depth in zip((0, 1), p["effusion"]):  # fluid meniscus rising laterally
             if depth:
                 level = cp + 0.01 - depth * np.clip((t - (T - 0.18)) / 0.18, 0, 1) ** 1.5

@@ -11,8 +11,12 @@ config's hyper-parameters. :class:`Trainer` does the rest:
 * mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler), full
   precision elsewhere;
 * a checkpoint after every epoch with model, optimiser, scheduler, scaler, epoch, RNG states,
-  config and history, written atomically and read with ``weights_only=True``, so
-  ``resume=True`` continues an interrupted stage to the same weights;
+  config and history, written atomically with a checksum and verified when read
+  (:mod:`cxrlib.checkpoints`), so ``resume=True`` continues an interrupted stage to the same
+  weights, and refuses to when a setting that changes the weights differs;
+* one writer per stage folder (:mod:`cxrlib.runfolder`): a second process training the same
+  stage is refused, and temporary files an interrupted run left behind are removed;
+* deterministic algorithms where ``config.deterministic`` asks for them (default: on CPU);
 * a per-epoch history (``history.csv`` / ``history.json``) in the stage's run folder;
 * under torchrun (:mod:`cxrlib.distributed`): DistributedDataParallel over the whole step, a
   DistributedSampler reshuffled each epoch, validation sharded and merged so every rank sees the
@@ -22,9 +26,9 @@ config's hyper-parameters. :class:`Trainer` does the rest:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 import random
 import time
 import warnings
@@ -36,28 +40,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from cxrlib import distributed, precision
+from cxrlib import distributed, precision, runfolder
+# atomic_save, load_init, warn_missing_init: imported from here by older code
+from cxrlib.checkpoints import (BEST, LAST, atomic_save, check_resumable, load_checkpoint,  # noqa: F401
+                                load_init, load_weights, warn_missing_init)
 from cxrlib.model import set_activation_checkpointing
-from cxrlib.runtime import default_device, seed_everything
-
-BEST, LAST = "best.pt", "last.pt"
-
-
-def atomic_save(obj, path) -> Path:
-    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+from cxrlib.runtime import default_device, seed_everything, set_deterministic
 
 
 def _rng_state() -> dict:
@@ -197,15 +185,17 @@ class Trainer:
         if key not in self._loaders:
             batch = self.config.batch_size if shuffle else self.config.eval_batch_size
             sampler = None
-            if shuffle:  # batch_size is per process under torchrun
-                sampler = DistributedSampler(data, shuffle=True, seed=self.config.seed) \
-                    if distributed.is_distributed() else EpochShuffle(len(data), self.config.seed)
+            # config.shuffle / drop_last False: the paper code's Module/ and baseline/ loaders (fidelity notes)
+            if shuffle and distributed.is_distributed():  # batch_size is per process under torchrun
+                sampler = DistributedSampler(data, shuffle=self.config.shuffle, seed=self.config.seed)
+            elif shuffle and self.config.shuffle:
+                sampler = EpochShuffle(len(data), self.config.seed)
             n = len(data) if sampler is None else len(sampler)
             workers = loader_workers(self.config, self.device)
             # A private generator: a DataLoader without one draws its workers' base seed from the
             # global RNG, which would shift every later dropout mask.
             loader = DataLoader(data, batch_size=batch, sampler=sampler, collate_fn=self.collate_fn,
-                                drop_last=shuffle and n > batch, num_workers=workers,
+                                drop_last=shuffle and n > batch and self.config.drop_last, num_workers=workers,
                                 persistent_workers=workers > 0, generator=torch.Generator().manual_seed(self.config.seed),
                                 pin_memory=self.device.type == "cuda")
             self._loaders[key] = (data, loader)  # data kept alive: its id stays unique
@@ -228,8 +218,14 @@ class Trainer:
         if not path.is_file():
             return False
         state = load_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(state["model"])
-        self.extra.load_state_dict(state["extra"])
+        try:
+            check_resumable(state.get("config") or {}, self.config, path)
+        except ValueError:
+            if distributed.is_main() and state.get("config"):  # a notebook may have saved the new config already
+                runfolder.atomic_write_text(self.stage_dir / "config.json", json.dumps(state["config"], indent=2))
+            raise
+        load_weights(self.model, state, path)
+        load_weights(self.extra, state, path, key="extra")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -279,7 +275,10 @@ class Trainer:
         if distributed.is_distributed():
             distributed.broadcast_buffers(self.ddp)  # rank 0's BatchNorm statistics, as DDP's next forward would
             total, count = distributed.sum_across(total, count)  # the mean over every rank's steps
-        return total / max(count, 1)
+        if count == 0:  # an empty loop is no epoch: never report it as a loss of 0
+            raise RuntimeError(f"{self.config.stage}: epoch {epoch + 1} ran no training step ({len(data)} training "
+                               f"samples, batch_size {self.config.batch_size})")
+        return total / count
 
     @torch.no_grad()
     def evaluate(self, data: Dataset) -> dict:
@@ -320,7 +319,9 @@ class Trainer:
             merged = distributed.concat_across({"probs": probs, "labels": labels, **sal})
             probs, labels = merged.pop("probs"), merged.pop("labels")
             sal = merged
-        result = {"val_loss": total / max(count, 1)}
+        if count == 0:  # a validation loss of 0 would count as "improved" and freeze best.pt
+            raise RuntimeError(f"{self.config.stage}: validation ran on no sample ({len(data)} validation samples)")
+        result = {"val_loss": total / count}
         if probs:
             scores = metrics.classification_scores(torch.cat(probs).numpy(), torch.cat(labels).numpy())
             result.update(val_auc_macro=scores["auc_macro"], val_accuracy=scores["accuracy"])
@@ -334,14 +335,28 @@ class Trainer:
         ``stop_after`` ends the run after that many epochs of this call, as an interruption
         would (tests use it). Returns the history as a DataFrame.
         """
+        for name, data in (("train", train_data), ("val", val_data)):
+            if len(data) == 0:  # an empty loop would count as a perfect epoch
+                raise ValueError(
+                    f"{self.config.stage}: the {name} split is empty; every split needs images (see splits.csv "
+                    f"in {self.config.run_dir}): use a larger data set (synthetic_images, egd_root)")
+        set_deterministic(self.config.deterministic, self.device)
+        main = distributed.is_main()  # the only rank that writes; the others wait at barriers
+        with runfolder.stage_lock(self.stage_dir) if main else contextlib.nullcontext():
+            return self._fit(train_data, val_data, stop_after, main)
+
+    def _fit(self, train_data: Dataset, val_data: Dataset, stop_after: int | None, main: bool):
         import pandas as pd
 
-        main = distributed.is_main()  # the only rank that writes; the others wait at barriers
         if main:
-            self.stage_dir.mkdir(parents=True, exist_ok=True)
-            self.config.save(self.stage_dir / "config.json")
+            removed, size = runfolder.remove_orphan_tmp(self.stage_dir)
+            if removed:
+                print(f"{self.config.stage}: removed {removed} temporary file(s) ({size / 1e6:.1f} MB) that an "
+                      f"interrupted run left in {self.stage_dir}")
         if self.config.resume and self._resume() and main:
             print(f"{self.config.stage}: resumed after epoch {self.start_epoch} from {self.stage_dir / LAST}")
+        if main:  # after the resume check: config.json always describes the weights beside it
+            self.config.save(self.stage_dir / "config.json")
         for row in self.history:  # a stage trained further after it ended is no longer ended
             row.pop("end", None)
         for done, epoch in enumerate(range(self.start_epoch, self.config.epochs)):
@@ -387,14 +402,14 @@ class Trainer:
         path = self.stage_dir / BEST
         if path.is_file():
             state = load_checkpoint(path, map_location=self.device)
-            self.model.load_state_dict(state["model"])
-            self.extra.load_state_dict(state["extra"])
+            load_weights(self.model, state, path)
+            load_weights(self.extra, state, path, key="extra")
 
     def _write_history(self) -> None:
         import pandas as pd
 
-        pd.DataFrame(self.history).to_csv(self.stage_dir / "history.csv", index=False)
-        (self.stage_dir / "history.json").write_text(json.dumps(self.history, indent=1))
+        runfolder.atomic_write_text(self.stage_dir / "history.csv", pd.DataFrame(self.history).to_csv(index=False))
+        runfolder.atomic_write_text(self.stage_dir / "history.json", json.dumps(self.history, indent=1))
 
 
 def early_stop(history: list[dict], patience: int) -> bool:
@@ -425,32 +440,10 @@ def _progress(iterable, *, total, desc, enabled):
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, leave=False)
-
-
-def load_init(model: nn.Module, source, *, parts=None) -> list[str]:
-    """Initialise ``parts`` of ``model`` (default: every part) from a checkpoint.
-
-    Only keys of the named parts are read, and each must match in name and shape; a part whose
-    weights are absent from the checkpoint is an error, never a silent partial load.
-    Returns the parts loaded.
-    """
-    state = load_checkpoint(source) if not isinstance(source, dict) else source
-    weights = state.get("model", state)
-    parts = tuple(parts) if parts is not None else tuple(model.parts())
-    own = model.state_dict()
-    loaded = {}
-    for part in parts:
-        keys = [k for k in own if k.startswith(part + ".")]
-        missing = [k for k in keys if k not in weights]
-        if missing:
-            raise KeyError(f"{source}: no weights for part {part!r} (e.g. {missing[0]})")
-        for k in keys:
-            if weights[k].shape != own[k].shape:
-                raise ValueError(f"{source}: {k} has shape {tuple(weights[k].shape)}, the model expects {tuple(own[k].shape)}")
-            loaded[k] = weights[k]
-    model.load_state_dict(loaded, strict=False)
-    return list(parts)
+    # An iterator, not the DataLoader: tqdm.auto's bar calls iter() on what it gets once more,
+    # and every DataLoader iterator draws a seed from the loader's generator, so the bar alone
+    # changed the shuffled order (a notebook, with bars, trained otherwise than --no-progress).
+    return tqdm(iter(iterable), total=total, desc=desc, leave=False)
 
 
 def loader_workers(config, device: torch.device) -> int:
@@ -532,12 +525,3 @@ class CachedFeatures(Dataset):
         sample = {} if self.base is None else dict(self.base[index])
         sample.update({k: v[index] for k, v in self.features.items()})
         return sample
-
-
-def warn_missing_init(stage: str, path: Path, profile: str) -> None:
-    """Smoke runs may start a stage alone: warn and keep the random init. Other profiles fail."""
-    message = (f"{stage}: no upstream checkpoint at {path}; run the previous notebook first, or set "
-               f"init_from='none' to start from random weights")
-    if profile != "smoke":
-        raise FileNotFoundError(message)
-    warnings.warn(message + " (smoke profile: continuing from random weights)", stacklevel=2)

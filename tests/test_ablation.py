@@ -197,7 +197,7 @@ def test_summary_reads_metrics_json_and_tests_against_the_reference(fake):
     assert list(table.columns) == ["FULL", "JOINT", "MTUNET"] and len(table) == len(results.METRICS)
     assert "±" in table.iloc[0, 0] and ("p=" in table.iloc[0, 2] or "p<" in table.iloc[0, 2])
     paper = results.paper_table(summary.reset_index(), data_label="fake")
-    assert list(paper["metric"]) == ["auc_macro", "cc"] and paper["paper"].notna().all()
+    assert list(paper["metric"]) == ["auc_micro", "cc"] and paper["paper"].notna().all()
     fig = results.results_figure(summary.reset_index(), per_seed)
     assert len([a for a in fig.axes if a.get_visible()]) == len(results.METRICS)
     missing = results.missing_runs(fake, ["full", "densenet"], [0, 3])

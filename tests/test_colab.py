@@ -118,9 +118,12 @@ def test_drive_that_does_not_mount_says_so(drive):
         start("data", params(), mount=lambda point: None)
 
 
-def test_colab_paper_profile_with_gpu_and_data(drive, monkeypatch, capsys):
+def test_colab_paper_profile_with_gpu_and_data(drive, monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(colab, "_gpu_name", lambda: "Tesla T4")
-    config = start("data", params(egd_root="/content/drive/MyDrive/egd-cxr/1.0.0"), mount=FakeMount())
+    egd = tmp_path / "egd-cxr" / "1.0.0"  # the config checks that egd_root holds a master sheet
+    egd.mkdir(parents=True)
+    (egd / "master_sheet.csv").write_text("dicom_id\n")
+    config = start("data", params(egd_root=str(egd)), mount=FakeMount())
     assert config.profile == "paper"
     assert Path(config.run_dir) == drive / "MyDrive" / "cxrlib" / "runs" / "paper"
     out = capsys.readouterr().out

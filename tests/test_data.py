@@ -271,7 +271,9 @@ def test_splits_grouped_by_patient_stratified_and_reused(tmp_path):
     assert splits.equals(make_splits(sheet, seed=0)) and not splits.equals(make_splits(sheet, seed=1))
     path = tmp_path / "splits.csv"
     written = load_or_make_splits(path, sheet, seed=0)
-    assert load_or_make_splits(path, sheet, seed=5)["split"].tolist() == written["split"].tolist()
+    assert load_or_make_splits(path, sheet, seed=0)["split"].tolist() == written["split"].tolist()
+    with pytest.raises(ValueError, match=r"not hold the split of data_seed=5.*new run folder"):
+        load_or_make_splits(path, sheet, seed=5)  # the file never silently wins over the config
     with pytest.raises(ValueError, match="made for another data set"):
         load_or_make_splits(path, sheet.iloc[:-1], seed=0)
 

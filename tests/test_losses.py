@@ -1,5 +1,6 @@
 """Losses on tiny hand-checked inputs; expected values come from explicit loops, not the code."""
 
+import itertools
 import math
 
 import pytest
@@ -93,24 +94,45 @@ def test_triplet_zero_when_classes_are_far_apart_and_positive_when_not():
 def test_triplet_hand_example():
     # 1-D points 0, 1 (class 0) and 3 (class 1); margin 2. Valid triplets (a, p, n):
     # (0, 1, 3): 1 - 3 + 2 = 0;  (1, 0, 3): 1 - 2 + 2 = 1.  Class 1 has no positive.
-    e = torch.tensor([[0.0], [1.0], [3.0]])
-    loss = L.triplet_all(e, torch.tensor([0, 0, 1]), margin=2.0)
-    assert loss.item() == pytest.approx(0.5, abs=1e-5)
+    e, y = torch.tensor([[0.0], [1.0], [3.0]]), torch.tensor([0, 0, 1])
+    assert L.triplet_all(e, y, margin=2.0).item() == pytest.approx(1.0, abs=1e-5)  # the code's sum
+    assert L.triplet_all(e, y, margin=2.0, reduction="mean").item() == pytest.approx(0.5, abs=1e-5)
 
 
-def test_triplet_matches_torch_over_every_triplet():
-    g = torch.Generator().manual_seed(1)
-    e, y = torch.randn(7, 5, generator=g), torch.tensor([0, 1, 2, 0, 1, 0, 2])
-    anchors, positives, negatives = [], [], []
-    for a in range(7):
-        for p in range(7):
-            for n in range(7):
-                if a != p and y[a] == y[p] and y[n] != y[a]:
-                    anchors.append(e[a]), positives.append(e[p]), negatives.append(e[n])
-    ref = torch.nn.TripletMarginLoss(margin=1.0, p=2)(
-        torch.stack(anchors), torch.stack(positives), torch.stack(negatives)
-    )
-    assert torch.allclose(L.triplet_all(e, y), ref, atol=1e-5)
+def _triplet_by_triplet(e, y, margin=1.0):
+    """The paper code's loop: TripletMarginLoss on each (anchor, positive, negative), summed."""
+    module = torch.nn.TripletMarginLoss(margin=margin, p=2)
+    total, count = 0, 0
+    for a, p, n in itertools.product(range(len(y)), repeat=3):
+        if a != p and y[a] == y[p] and y[n] != y[a]:
+            total = total + module(e[a : a + 1], e[p : p + 1], e[n : n + 1])
+            count += 1
+    return total, count
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (7, 3, 2, 4), (7, 6, 3, 1), (7, 2, 4, 5)])
+def test_triplet_matches_torch_triplet_by_triplet(shape):
+    """(B, D) vectors and unpooled (B, C, h, w) maps, values and gradients, both reductions."""
+    g = torch.Generator().manual_seed(sum(shape))
+    y = torch.tensor([0, 1, 2, 0, 1, 0, 2])
+    e = torch.randn(*shape, generator=g).requires_grad_()
+    ref, count = _triplet_by_triplet(e, y, margin=0.7)
+    got = L.triplet_all(e, y, margin=0.7)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    grad_got, = torch.autograd.grad(got, e)
+    grad_ref, = torch.autograd.grad(ref, e)
+    assert torch.allclose(grad_got, grad_ref, atol=1e-5)
+    mean = L.triplet_all(e, y, margin=0.7, reduction="mean")
+    assert mean.item() == pytest.approx(ref.item() / count, rel=1e-5)
+
+
+def test_triplet_map_is_not_the_pooled_loss():
+    """The code's unpooled map and the pooled vector are different losses (issue: feature switch)."""
+    g = torch.Generator().manual_seed(3)
+    e, y = torch.randn(6, 4, 3, 3, generator=g), torch.tensor([0, 0, 1, 1, 2, 2])
+    assert not math.isclose(L.triplet_all(e, y).item(), L.triplet_all(e.mean(dim=(2, 3)), y).item(), rel_tol=1e-3)
+    with pytest.raises(ValueError, match="reduction"):
+        L.triplet_all(e, y, reduction="max")
 
 
 @pytest.mark.parametrize("name", ["triplet", "supcon"])

@@ -11,6 +11,7 @@ gaze rows for unknown ids, images without gaze and missing image files.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cxrlib.data.cache import SampleCache, sample_key
-from cxrlib.data.dicom import read_image
+from cxrlib.data.dicom import INTENSITY_MODES, load_image, read_image
 from cxrlib.data.gaze import (
     GAZE_SOURCES,
     PAPER_SIGMA_PX,
@@ -63,12 +64,18 @@ def read_master_sheet(path):
             f"{dict(zip(LABEL_COLUMNS, sheet[list(LABEL_COLUMNS)].iloc[row].tolist()))} must be 0/1 with "
             f"exactly one 1 ({int((~valid).sum())} such rows)"
         )
-    duplicated = sheet["dicom_id"].duplicated()
-    if duplicated.any():
-        row = int(np.flatnonzero(duplicated.to_numpy())[0])
-        raise ValueError(f"{path}, line {row + 2}: dicom_id {sheet['dicom_id'].iloc[row]} appears twice")
     sheet = sheet.copy()
-    sheet["dicom_id"] = sheet["dicom_id"].str.strip()
+    sheet["dicom_id"] = sheet["dicom_id"].str.strip()  # before the duplicate check: "id " is "id"
+    duplicated = sheet["dicom_id"].duplicated(keep=False)
+    if duplicated.any():
+        rows = np.flatnonzero(duplicated.to_numpy())
+        first = sheet["dicom_id"].iloc[rows[0]]
+        lines = [int(r) + 2 for r in rows if sheet["dicom_id"].iloc[r] == first]
+        raise ValueError(
+            f"{path}, lines {', '.join(map(str, lines))}: dicom_id {first!r} appears {len(lines)} times "
+            f"(ids are compared without surrounding spaces; {int(sheet['dicom_id'].duplicated().sum())} "
+            f"duplicate row(s) in all); keep one row per image"
+        )
     sheet["label"] = labels.to_numpy().argmax(axis=1).astype(int)
     return sheet
 
@@ -105,11 +112,14 @@ class EGDDataset(Dataset):
     ids : restrict to these dicom_ids (a split), in this order.
     cache_dir : folder for preprocessed samples (None: no cache).
     map_method : ``"analytic"`` (fast) or ``"native"`` (literal blur at native resolution).
+    intensity, modality_lut : how grey values are read and scaled (`cxrlib.data.dicom.load_image`);
+        ``resize="stride", intensity="max", modality_lut=False`` is the paper code's pipeline.
     """
 
     def __init__(self, egd_root, image_root=None, *, image_size=(320, 256), gaze_source="eye_gaze",
                  sigma=PAPER_SIGMA_PX, sigma_frac=None, weighting="count", resize="pad_resize",
-                 ids=None, cache_dir=None, voi_lut=False, map_method="analytic"):
+                 ids=None, cache_dir=None, voi_lut=False, map_method="analytic", intensity="minmax",
+                 modality_lut=True):
         self.egd_root = Path(egd_root)
         self.image_root = Path(image_root) if image_root is not None else self.egd_root
         self.image_size = check_image_size(image_size)
@@ -121,6 +131,9 @@ class EGDDataset(Dataset):
             raise ValueError(f"map_method must be 'analytic' or 'native', got {map_method!r}")
         self.gaze_source, self.sigma, self.sigma_frac = gaze_source, sigma, sigma_frac
         self.weighting, self.resize, self.voi_lut, self.map_method = weighting, resize, voi_lut, map_method
+        if intensity not in INTENSITY_MODES:
+            raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
+        self.intensity, self.modality_lut = intensity, bool(modality_lut)
         resolve_sigma((1, 1), sigma, sigma_frac)  # validate early
 
         sheet = read_master_sheet(self.egd_root / "master_sheet.csv")
@@ -174,23 +187,24 @@ class EGDDataset(Dataset):
     def params(self) -> dict:
         return {"image_size": self.image_size, "gaze_source": self.gaze_source, "sigma": self.sigma,
                 "sigma_frac": self.sigma_frac, "weighting": self.weighting, "resize": self.resize,
-                "voi_lut": self.voi_lut, "map_method": self.map_method}
+                "voi_lut": self.voi_lut, "map_method": self.map_method, "intensity": self.intensity,
+                "modality_lut": self.modality_lut}
 
     def _compute(self, index: int) -> dict:
         dicom_id = self.sheet["dicom_id"].iloc[index]
-        native = read_image(self.image_paths[index], voi_lut=self.voi_lut)
-        geometry = Geometry.fit(native.shape, self.image_size, self.resize)
-        sigma_px = resolve_sigma(native.shape, self.sigma, self.sigma_frac)
+        image, geometry = load_image(self.image_paths[index], self.image_size, resize=self.resize,
+                                     intensity=self.intensity, modality_lut=self.modality_lut, voi_lut=self.voi_lut)
+        native_shape = geometry.native
+        sigma_px = resolve_sigma(native_shape, self.sigma, self.sigma_frac)
         make_map = gaze_map if self.map_method == "analytic" else gaze_map_native
         saliency, dropped = make_map(self.gaze[dicom_id], geometry, sigma_px, dicom_id=dicom_id)
-        fixations, _ = self.fixation_points.get(dicom_id, GazePoints(np.zeros((0, 2)), np.zeros(0))).inside(native.shape)
-        image = geometry.apply_image(native)
+        fixations, _ = self.fixation_points.get(dicom_id, GazePoints(np.zeros((0, 2)), np.zeros(0))).inside(native_shape)
         return {
             "image": np.round(np.clip(image, 0, 1) * 65535).astype(np.uint16),  # 16 bits: lossless for 12-16 bit data
             "saliency": saliency,
             "fixations": geometry.apply_points(fixations.xy),
             "gaze_dropped": np.int64(dropped),
-            "native_shape": np.asarray(native.shape, dtype=np.int64),
+            "native_shape": np.asarray(native_shape, dtype=np.int64),
         }
 
     def key(self, index: int) -> str:
@@ -203,13 +217,39 @@ class EGDDataset(Dataset):
         return key
 
     def load(self, index: int) -> dict:
-        """The preprocessed arrays of sample ``index``: from the cache, else computed and cached."""
+        """The preprocessed arrays of sample ``index``: from the cache, else computed and cached.
+
+        A cache entry that passes its checksum but holds arrays of the wrong kind (written by
+        another version, say) is named with its sample, recomputed and rewritten."""
         key = self.key(index)
         arrays = self.cache.get(key)
+        dicom_id = self.sheet["dicom_id"].iloc[index]
+        if arrays is not None and (problem := self._entry_problem(arrays)):
+            warnings.warn(f"the cached sample of dicom_id {dicom_id} is damaged ({problem}); recomputing it "
+                          f"from {self.image_paths[index]}", stacklevel=2)
+            arrays = None
         if arrays is None:
             arrays = self._compute(index)
+            if problem := self._entry_problem(arrays):
+                raise ValueError(f"dicom_id {dicom_id} ({self.image_paths[index]}): bad sample ({problem})")
             self.cache.put(key, arrays)
         return arrays
+
+    def _entry_problem(self, arrays: dict) -> str | None:
+        """What is wrong with a sample's arrays (a damaged cache entry), or None. Cheap: it runs
+        on every read, so the damage is named with its sample instead of failing in a batch."""
+        missing = [k for k in ("image", "saliency", "fixations", "gaze_dropped", "native_shape") if k not in arrays]
+        if missing:
+            return f"no {missing[0]!r} array"
+        image, saliency = arrays["image"], arrays["saliency"]
+        if image.shape != self.image_size or image.dtype != np.uint16:
+            return f"image of {image.dtype} {image.shape}, expected uint16 {self.image_size}"
+        if saliency.shape != self.image_size or saliency.dtype != np.float32:
+            return f"gaze map of {saliency.dtype} {saliency.shape}, expected float32 {self.image_size}"
+        total = float(saliency.sum(dtype=np.float64))
+        if not (abs(total - 1.0) < 1e-3 and saliency.min() >= 0):
+            return f"the gaze map sums to {total:.6g} (min {float(saliency.min()):.3g}), not 1 with no negative value"
+        return None
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrlib.runfolder import atomic_write_text, locked
+
 SPLITS = ("train", "val", "test")
 
 
@@ -55,27 +57,57 @@ def check_patient_disjoint(splits) -> None:
 
 
 def load_or_make_splits(path, sheet, *, fractions=(0.7, 0.1, 0.2), seed: int = 0):
-    """Read ``path`` if it exists (checking it matches ``sheet``), else make and write it."""
+    """Read ``path`` if it exists, else make and write it (under a lock: one writer at a time).
+
+    A file that does not match (other images, or not the split ``seed`` makes) is an error, never
+    silently used: the stages of a run folder must all see one split, the one its config records.
+    Every split must hold images.
+    """
+    path = Path(path)
+    with locked(path.with_name(f".{path.name}.lock"), what=f"the split {path}", wait=600):
+        if path.is_file():
+            splits = _read_splits(path, sheet, fractions=fractions, seed=seed)
+        else:
+            splits = make_splits(sheet, fractions=fractions, seed=seed)
+            _check_not_empty(splits, path)
+            atomic_write_text(path, splits.to_csv(index=False))
+    _check_not_empty(splits, path)
+    return splits
+
+
+def _read_splits(path: Path, sheet, *, fractions, seed):
     import pandas as pd
 
-    path = Path(path)
-    if path.is_file():
-        splits = pd.read_csv(path, dtype={"dicom_id": str})
-        if set(splits["dicom_id"]) != set(sheet["dicom_id"].astype(str)):
-            raise ValueError(
-                f"{path} was made for another data set (its dicom_ids differ from the master sheet); "
-                f"delete it or use a new run folder"
-            )
-        if not set(splits["split"]).issubset(SPLITS):
-            raise ValueError(f"{path}: the split column must only hold {SPLITS}")
-        check_patient_disjoint(splits)
-        return splits
-    splits = make_splits(sheet, fractions=fractions, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    splits.to_csv(tmp, index=False)
-    tmp.replace(path)
+    splits = pd.read_csv(path, dtype={"dicom_id": str})
+    missing = [c for c in ("dicom_id", "patient_id", "split") if c not in splits.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; delete it (it is made again) or use a new run folder")
+    new_folder = "start a new run folder (run_dir / --run-dir), or delete this file and every stage trained on it"
+    if set(splits["dicom_id"]) != set(sheet["dicom_id"].astype(str)):
+        raise ValueError(
+            f"{path} was made for another data set (its dicom_ids differ from the master sheet: another "
+            f"egd_root, or another data_seed / synthetic_images for the synthetic set); {new_folder}")
+    if not set(splits["split"]).issubset(SPLITS):
+        raise ValueError(f"{path}: the split column must only hold {SPLITS}")
+    check_patient_disjoint(splits)
+    expected = make_splits(sheet, fractions=fractions, seed=seed).set_index("dicom_id")["split"]
+    differ = splits.set_index("dicom_id")["split"] != expected.reindex(splits["dicom_id"]).to_numpy()
+    if differ.any():
+        raise ValueError(
+            f"{path} does not hold the split of data_seed={seed} ({int(differ.sum())} of {len(splits)} images "
+            f"assigned otherwise, e.g. dicom_id {differ.index[differ.to_numpy()][0]}): it was made with another "
+            f"data_seed, or edited; {new_folder}")
     return splits
+
+
+def _check_not_empty(splits, path) -> None:
+    counts = splits["split"].value_counts()
+    empty = [name for name in SPLITS if counts.get(name, 0) == 0]
+    if empty:
+        raise ValueError(
+            f"{path}: the {' and '.join(empty)} split(s) would hold no image ({len(splits)} images, "
+            f"{splits['patient_id'].nunique()} patients, split 70/10/20 by patient within each class): "
+            f"use a larger data set (synthetic_images, or more of EGD-CXR)")
 
 
 def split_ids(splits, name: str) -> list[str]:
