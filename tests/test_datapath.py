@@ -263,12 +263,12 @@ def test_half_precision_features_change_nothing_under_autocast():
 
 
 def test_cli_prepare_builds_then_keeps_the_cache(tmp_path, capsys):
-    args = ["prepare", "--profile", "smoke", "-p", "run_dir", str(tmp_path), "-p", "synthetic_images", "9",
+    args = ["prepare", "--profile", "smoke", "-p", "run_dir", str(tmp_path), "-p", "synthetic_images", "30",
             "--workers", "2", "--no-progress"]
     assert cli(args) == 0
-    assert "9 images, 0 already cached, 9 built" in capsys.readouterr().out
+    assert "30 images, 0 already cached, 30 built" in capsys.readouterr().out
     assert cli(args) == 0
-    assert "9 images, 9 already cached, 0 built" in capsys.readouterr().out
+    assert "30 images, 30 already cached, 0 built" in capsys.readouterr().out
 
 
 def test_bench_data_reports_cold_per_worker_count_and_a_warm_pass_ten_times_faster(capsys):
