@@ -1,8 +1,8 @@
 """Speed and memory of the models (``cxrlib bench``): how long would each stage take on this machine?
 
 For each model: parameters, training-step throughput (forward + backward + Adam step on the
-losses of method.md section 3), inference throughput (eval, no grad) and peak memory, on random
-inputs of the paper's shapes (method.md section 2: 320x256 or 640x512, H and W multiples of 32).
+losses of docs/method.md section 3), inference throughput (eval, no grad) and peak memory, on random
+inputs of the paper's shapes (docs/method.md section 2: 320x256 or 640x512, H and W multiples of 32).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class _PeakMemory:
 
 
 def _losses(out: dict, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """CE on logits plus KL(target || prediction) on the saliency map (method.md section 3)."""
+    """CE on logits plus KL(target || prediction) on the saliency map (docs/method.md section 3)."""
     loss = F.cross_entropy(out["logits"].float(), y)
     if "saliency_log" in out:
         log_p = out["saliency_log"].float().flatten(1)

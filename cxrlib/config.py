@@ -1,15 +1,15 @@
 """One typed configuration per stage, three profiles, and the notebook parameter check.
 
 Every notebook has a ``parameters`` cell whose names are exactly the fields of its stage's
-config (style.md principle 4). papermill, ``cxrlib run -p NAME VALUE`` and a Colab user all set
+config. papermill, ``cxrlib run -p NAME VALUE`` and a Colab user all set
 the same names; :func:`config_from_namespace` turns the notebook's variables into a config and
 fails at once, listing the valid names, if a parameter is unknown or of the wrong type.
 
-Profiles (style.md principle 5) give the defaults; a parameter left at ``None`` takes them:
+Profiles give the defaults; a parameter left at ``None`` takes them:
 
 * ``smoke``: CI. The real DenseNet201 + Res-SE network at a tiny size, two steps per stage.
 * ``demo``: a CPU run on the synthetic data that really learns, the chain in minutes.
-* ``paper``: method.md section 4 (sizes, epochs, batches, ImageNet weights) for a GPU and EGD-CXR.
+* ``paper``: docs/method.md section 4 (sizes, epochs, batches, ImageNet weights) for a GPU and EGD-CXR.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ class ExplainConfig(StageConfig):
 class JointConfig(StageConfig):
     """A single joint stage (notebook 07's baselines): every part trains at once, from scratch,
     with the uncertainty-weighted CE + KL loss. ``model``: ``dual`` (the paper's network without
-    the cooperative schedule), ``mtunet`` or ``resse_unet`` (method.md section 2, baselines)."""
+    the cooperative schedule), ``mtunet`` or ``resse_unet`` (docs/method.md section 2, baselines)."""
 
     stage: typing.ClassVar[str] = "joint"
     model: str = "dual"  # dual | mtunet | resse_unet

@@ -1,6 +1,6 @@
 """The final evaluation on the test split (touched once, in notebook 05) and ``metrics.json``.
 
-Every number comes with a 95 % bootstrap interval over test images (method.md section 6), and
+Every number comes with a 95 % bootstrap interval over test images (docs/method.md section 6), and
 the centre-bias map is scored on the same images as a floor the predicted saliency must beat.
 
 ``eval_split="val"`` evaluates on the validation split instead, as the paper's code does

@@ -1,11 +1,11 @@
-"""Class activation maps through pytorch-grad-cam, scored as saliency maps (method.md section 7).
+"""Class activation maps through pytorch-grad-cam, scored as saliency maps (docs/method.md section 7).
 
 The paper shows Grad-CAM (Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep
 Networks via Gradient-based Localization", ICCV) of the stage-1b DenseNet classifier next to the
 gaze map and the predicted saliency, qualitatively only. Here every CAM is turned into a
 distribution over pixels (non-negative, sums to 1, input resolution), the same form as the
 predicted saliency, so that one scoreboard scores them all with the saliency metrics of
-method.md section 6. Methods: Grad-CAM; Grad-CAM++ (Chattopadhay et al. 2018, WACV); HiResCAM
+docs/method.md section 6. Methods: Grad-CAM; Grad-CAM++ (Chattopadhay et al. 2018, WACV); HiResCAM
 (Draelos & Carin 2020, arXiv:2011.08891); LayerCAM (Jiang et al. 2021, IEEE TIP 30); EigenCAM
 (Muhammad & Yeasin 2020, IJCNN); Score-CAM (Wang et al. 2020, CVPR workshops; slow: one forward
 pass per channel). The layer is the model's own ``cam_target_layers`` (the last dense block).
@@ -111,7 +111,7 @@ def cam_maps(model: nn.Module, images: torch.Tensor, *, method: str = "gradcam",
     """CAMs of ``images`` (B, 1, H, W) as (B, H, W) float64 maps, each non-negative, summing to 1.
 
     ``method``: a key of ``CAM_METHODS``. Target: the predicted class (``ClassifierOutputTarget``
-    on the logits, as in method.md section 7) unless ``target_classes`` (one int or one per image)
+    on the logits, as in docs/method.md section 7) unless ``target_classes`` (one int or one per image)
     is given. ``target_layers`` defaults to ``model.cam_target_layers``. The package ReLUs each
     CAM, upsamples it bilinearly to the input size and min-max scales it to [0, 1]; here it is
     then divided by its sum. A CAM that is zero everywhere (no positive evidence for the class)
@@ -176,7 +176,7 @@ def standard_methods(final_model: nn.Module, *, encoder_model: nn.Module | None 
 
 def scoreboard(data, methods: dict[str, Callable], *, batch_size: int = 8,
                progress: bool = True) -> pd.DataFrame:
-    """Score every method's map of every image against the ground truth (method.md section 6).
+    """Score every method's map of every image against the ground truth (docs/method.md section 6).
 
     ``data``: a sequence of samples (``image``, ``saliency``, ``fixations``, ``label``,
     ``dicom_id``), e.g. an ``EGDDataset``. ``methods``: name -> function of a (B, 1, H, W)

@@ -1,4 +1,4 @@
-"""Losses of the three stages (method.md, section 3): saliency KL, cross-entropy, the
+"""Losses of the three stages (docs/method.md, section 3): saliency KL, cross-entropy, the
 uncertainty-weighted joint loss, and the contrastive losses of the pre-training stage.
 
 All are pure functions of tensors with explicit arguments; the one module,
@@ -24,7 +24,7 @@ _PAIRWISE_EPS = 1e-6
 
 
 def saliency_kl(log_pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """KL(target || prediction) summed over pixels, mean over the batch (method.md, section 3).
+    """KL(target || prediction) summed over pixels, mean over the batch (docs/method.md, section 3).
 
     Follows the paper's code: ``KLDivLoss(reduction="batchmean")`` with the prediction a
     log-softmax over all pixels and the target normalised to sum 1 per image.
@@ -54,7 +54,7 @@ def saliency_kl(log_pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-12
 
 
 def classification_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on logits (B, C) and labels (B,), no class weights (method.md, section 3)."""
+    """Cross-entropy on logits (B, C) and labels (B,), no class weights (docs/method.md, section 3)."""
     return F.cross_entropy(logits, labels)
 
 
@@ -64,7 +64,7 @@ def uncertainty_weighted(
     """Joint loss ``CE / s_c^2 + log(s_c + 1) + KL / (2 s_s^2) + log(s_s + 1)``, s = exp(log_sigma).
 
     Homoscedastic-uncertainty weighting (Kendall et al. 2018) in the form of MT-UNet's code
-    (Zhu et al. 2022), which the paper's code reuses (method.md, section 3). The ``+ 1`` inside the
+    (Zhu et al. 2022), which the paper's code reuses (docs/method.md, section 3). The ``+ 1`` inside the
     logs keeps the regulariser positive; classification counts as the "classification" term
     (1/s^2), saliency as the "regression" term (1/(2 s^2)).
     """
@@ -117,7 +117,7 @@ def triplet_all(
 ) -> torch.Tensor:
     """Label-supervised triplet margin loss over every valid triplet in the batch.
 
-    The paper code's active contrastive loss (method.md, section 3): for each (a, p, n) with
+    The paper code's active contrastive loss (docs/method.md, section 3): for each (a, p, n) with
     ``a != p``, ``label[p] == label[a]`` and ``label[n] != label[a]``, the value of
     ``torch.nn.TripletMarginLoss(margin, p=2)(f[a:a+1], f[p:p+1], f[n:n+1])``, then the sum
     (``reduction="sum"``, as the code's ``train_iterate`` accumulates it) or the mean over the

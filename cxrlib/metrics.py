@@ -1,4 +1,4 @@
-"""Evaluation metrics (method.md, section 6): saliency, classification and statistics.
+"""Evaluation metrics (docs/method.md, section 6): saliency, classification and statistics.
 
 Saliency metrics follow the MIT saliency benchmark (Bylinskii et al. 2019, "What do different
 evaluation metrics tell us about saliency models?", TPAMI 41(3)) and take one (H, W) map at a
@@ -236,7 +236,7 @@ def _scores_labels(probs, labels) -> tuple[np.ndarray, np.ndarray]:
 def classification_scores(
     probs, labels, class_names: Sequence[str] = CLASS_NAMES
 ) -> dict:
-    """Diagnosis metrics of method.md, section 6, from softmax scores (N, C) and labels (N,).
+    """Diagnosis metrics of docs/method.md, section 6, from softmax scores (N, C) and labels (N,).
 
     Returns ``auc_per_class`` {name: one-vs-rest ROC AUC}, ``auc_macro`` (mean of the defined
     per-class AUCs), ``auc_micro`` (one ROC over all N*C one-hot entries), ``accuracy`` (of the
@@ -326,7 +326,7 @@ def bootstrap_ci(
 
 def paired_ttest(a, b) -> dict[str, float]:
     """Paired t-test (``scipy.stats.ttest_rel``) of per-image scores a vs b, as the paper's
-    significance test (method.md, section 6). Returns ``t``, two-sided ``p``,
+    significance test (docs/method.md, section 6). Returns ``t``, two-sided ``p``,
     ``mean_diff = mean(a - b)`` and ``n``."""
     x, y = _np(a).ravel(), _np(b).ravel()
     if len(x) != len(y):

@@ -1,4 +1,4 @@
-"""Where the repository is: the one path every other default is resolved from (style.md principle 11).
+"""Where the repository is: the one path every other default is resolved from.
 
 It imports nothing of cxrlib, so any module (the configs, the figures) may ask it.
 """

@@ -2,7 +2,7 @@
 and the figure. Everything is read from the runs' ``metrics.json`` and ``per_image.csv`` files
 (written by :mod:`cxrlib.ablation`); nothing here trains or hard-codes a result.
 
-Statistics (method.md section 6), for each variant and metric:
+Statistics (docs/method.md section 6), for each variant and metric:
 
 * ``mean`` and ``std``: over model seeds, of the values in the seeds' ``metrics.json``;
 * ``low``, ``high``: 95 % percentile-bootstrap interval of that seed-mean, resampling test images

@@ -1,4 +1,4 @@
-"""``cxrlib run``: every notebook in order, headless, with papermill (style.md principle 10).
+"""``cxrlib run``: every notebook in order, headless, with papermill.
 
 Executed copies go to ``<run_dir>/notebooks/``; the first failure stops the run with the failing
 cell's error and the executed notebook's path; the end is a summary read from ``metrics.json``.

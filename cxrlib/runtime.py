@@ -13,7 +13,7 @@ import torch
 
 
 def default_device() -> torch.device:
-    """CUDA if present, then Apple MPS, then CPU (style.md, principle 12)."""
+    """CUDA if present, then Apple MPS, then CPU."""
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)

@@ -1,4 +1,4 @@
-"""The stages of multi-stage cooperative learning (method.md section 4): the registry and its calls.
+"""The stages of multi-stage cooperative learning (docs/method.md section 4): the registry and its calls.
 
 :data:`STAGES` holds one :class:`Stage` per stage: its config class, its notebook, the network
 it trains, the parts that train, the parts taken from the upstream checkpoint (``init_from``),

@@ -32,7 +32,7 @@ def joint_extra(config, model) -> dict:
 
 
 def contrastive_step(config):
-    """Stage 1a: the configured contrastive loss on denseblock4 (method.md section 3).
+    """Stage 1a: the configured contrastive loss on denseblock4 (docs/method.md section 3).
 
     The triplet loss takes the unpooled (B, 1920, h, w) map by default, as the paper's code does
     (``triplet_feature="pooled"``: GAP, 1920-d), summed over triplets (``triplet_reduction``);
@@ -90,7 +90,7 @@ def fusion_step(model, batch, extra=None):
 
 def joint_step(model, batch, extra):
     """The joint stage (and stage 3's fine-tuning): uncertainty-weighted CE + KL over the whole
-    network (method.md section 3; Kendall et al. 2018)."""
+    network (docs/method.md section 3; Kendall et al. 2018)."""
     out = model(batch["image"])
     ce = losses.classification_ce(out["logits"], batch["label"])
     kl = losses.saliency_kl(out["saliency_log"], batch["saliency"])

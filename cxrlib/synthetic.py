@@ -1,7 +1,7 @@
 """A synthetic EGD-CXR look-alike: DICOM chest radiographs, labels and simulated radiologist gaze.
 
 The real EGD-CXR (PhysioNet, credentialed) can never ship with the project, so `make_egd_like`
-writes a folder in exactly its on-disk format (see docs/data-formats.md): ``master_sheet.csv``,
+writes a folder in exactly its on-disk format (docs/method.md, section 5): ``master_sheet.csv``,
 ``eye_gaze.csv``, ``fixations.csv`` and MIMIC-CXR-style DICOMs under ``files/pXX/pXXXXXXXX/
 sXXXXXXXX/<dicom_id>.dcm``. The folder is both the EGD root and the image root. The real loader
 reads it unchanged, so the whole pipeline can be run and tested without credentials.

@@ -1,4 +1,4 @@
-"""The one training loop for every stage (method.md section 4; style.md principle 8).
+"""The one training loop for every stage (docs/method.md section 4).
 
 A stage is: a model, the names of the parts that train (the rest is frozen), a loss function
 ``loss_fn(model, batch) -> {"loss": tensor, "logits"?: ..., "saliency_log"?: ...}`` and the

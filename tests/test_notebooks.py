@@ -1,4 +1,4 @@
-"""Notebook structure: the skeleton of style.md, no method code, no outputs, one repository URL.
+"""Notebook structure: the shared skeleton, no method code, no outputs, one repository URL.
 
 Execution itself is nbmake's job (``pytest`` collects ``notebooks/`` with ``--nbmake``).
 """

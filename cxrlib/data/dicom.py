@@ -1,6 +1,6 @@
 """Reading radiographs: MIMIC-CXR DICOMs (and MIMIC-CXR-JPG files) as float images in [0, 1].
 
-The pitfalls of data-formats.md, each handled here:
+The pitfalls of docs/method.md section 5, each handled here:
 
 * MONOCHROME1 stores inverted intensities: it is inverted, so bone is always bright.
 * Rescale slope/intercept (the modality LUT) is applied; the VOI LUT / window is optional.

@@ -1,4 +1,4 @@
-"""EGD-CXR as a PyTorch data set (data-formats.md; method.md section 5).
+"""EGD-CXR as a PyTorch data set (docs/method.md section 5; docs/method.md section 5).
 
 ``EGDDataset(egd_root, image_root)`` reads ``master_sheet.csv``, one gaze file and the MIMIC-CXR
 images (DICOM, or the ``.jpg`` of MIMIC-CXR-JPG at the same relative path). The bundled

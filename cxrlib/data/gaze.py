@@ -1,6 +1,6 @@
-"""Gaze recordings to saliency maps (method.md section 5, data-formats.md).
+"""Gaze recordings to saliency maps (docs/method.md section 5, docs/method.md section 5).
 
-Three conventions meet here (data-formats.md, "The gaze-to-map conventions"):
+Three conventions meet here (docs/method.md section 5, "The gaze-to-map conventions"):
 
 ============  =====================  ============================  ==========================
               EGD authors            paper's code (default)        REFLACX

@@ -1,4 +1,4 @@
-"""Geometry shared by images, saliency maps and gaze points (method.md section 5).
+"""Geometry shared by images, saliency maps and gaze points (docs/method.md section 5).
 
 An image of native size (h, w) becomes a (H, W) network input in one of two ways:
 

@@ -1,4 +1,4 @@
-"""The networks (method.md section 2), in three files:
+"""The networks (docs/method.md section 2), in three files:
 
 * :mod:`cxrlib.model.blocks`: Conv-BN-ReLU, UNet, residual and SE blocks, encoder/decoder, heads,
   activation checkpointing;

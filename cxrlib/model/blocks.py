@@ -1,4 +1,4 @@
-"""Building blocks of the networks (method.md section 2): Conv-BN-ReLU, the UNet block, the
+"""Building blocks of the networks (docs/method.md section 2): Conv-BN-ReLU, the UNet block, the
 residual and Squeeze-and-Excitation blocks, the UNet encoder and decoder, the two heads, and
 activation checkpointing of encoder and decoder levels (the memory/speed knob of a stage).
 """
@@ -31,7 +31,7 @@ class ConvBNReLU(nn.Sequential):
 
 
 class DoubleConv(nn.Sequential):
-    """The UNet block, 2 x (Conv3x3-BN-ReLU) (method.md section 2, "block"; Ronneberger 2015)."""
+    """The UNet block, 2 x (Conv3x3-BN-ReLU) (docs/method.md section 2, "block"; Ronneberger 2015)."""
 
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__(ConvBNReLU(in_ch, out_ch), ConvBNReLU(out_ch, out_ch))
@@ -40,7 +40,7 @@ class DoubleConv(nn.Sequential):
 class ResidualBlock(nn.Module):
     """Conv3x3-BN-ReLU-Conv3x3-BN plus a Conv3x3 shortcut (bias, no BN, as in the code); add; ReLU.
 
-    method.md section 2, encoder B (He et al. 2016, with a learned shortcut at every level).
+    docs/method.md section 2, encoder B (He et al. 2016, with a learned shortcut at every level).
     """
 
     def __init__(self, in_ch: int, out_ch: int):
@@ -75,14 +75,14 @@ class SEBlock(nn.Module):
 
 
 class ResSEBlock(nn.Sequential):
-    """One Res-SE encoder level: ResidualBlock then SEBlock (method.md section 2, encoder B)."""
+    """One Res-SE encoder level: ResidualBlock then SEBlock (docs/method.md section 2, encoder B)."""
 
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__(ResidualBlock(in_ch, out_ch), SEBlock(out_ch))
 
 
 class Up(nn.Sequential):
-    """Nearest x2 upsampling then Conv3x3-BN-ReLU (method.md section 2, "up")."""
+    """Nearest x2 upsampling then Conv3x3-BN-ReLU (docs/method.md section 2, "up")."""
 
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__(nn.Upsample(scale_factor=2, mode="nearest"), ConvBNReLU(in_ch, out_ch))
@@ -146,9 +146,9 @@ class _UpConcat(nn.Module):
 
 
 class SaliencyHead(nn.Module):
-    """Conv3x3-BN-ReLU, Conv1x1 -> 1, log-softmax over all H*W pixels (method.md section 2).
+    """Conv3x3-BN-ReLU, Conv1x1 -> 1, log-softmax over all H*W pixels (docs/method.md section 2).
 
-    Returns log-probabilities so that the KL loss (method.md section 3) needs no extra log.
+    Returns log-probabilities so that the KL loss (docs/method.md section 3) needs no extra log.
     """
 
     def __init__(self, in_ch: int):
@@ -162,7 +162,7 @@ class SaliencyHead(nn.Module):
 
 
 class FusionClassifier(nn.Sequential):
-    """Linear -> Dropout -> ReLU -> Linear, in this order as in method.md section 2."""
+    """Linear -> Dropout -> ReLU -> Linear, in this order as in docs/method.md section 2."""
 
     def __init__(self, in_features: int, hidden: int = 64, dropout: float = 0.25, num_classes: int = 3):
         super().__init__(

@@ -1,4 +1,4 @@
-"""Encoder A: a torchvision DenseNet with offline-safe ImageNet weights (method.md section 2)."""
+"""Encoder A: a torchvision DenseNet with offline-safe ImageNet weights (docs/method.md section 2)."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def _imagenet_state(arch: str) -> dict:
 
 
 class DenseNetEncoder(nn.Module):
-    """Encoder A (method.md section 2): a torchvision DenseNet with two taps at stride 32.
+    """Encoder A (docs/method.md section 2): a torchvision DenseNet with two taps at stride 32.
 
     ``stem="repeat"`` repeats the grey channel to RGB (authors' code, no ImageNet normalisation);
     ``stem="sum"`` replaces conv0 by a 1-channel conv whose weight is the sum of the RGB filters,

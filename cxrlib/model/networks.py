@@ -1,9 +1,9 @@
-"""Networks: the dual-encoder multi-task UNet (method.md section 2) and baselines.
+"""Networks: the dual-encoder multi-task UNet (docs/method.md section 2) and baselines.
 
 Every model takes a grey image ``(B, 1, H, W)`` with H and W multiples of 32 and follows timm's
 contract: ``forward_features`` -> dict of feature maps, ``forward_head(features, pre_logits=...)``,
-``forward`` = both, ``parts()`` names the trainable stages (method.md section 4) and
-``cam_target_layers`` names the Grad-CAM layer (method.md section 7).
+``forward`` = both, ``parts()`` names the trainable stages (docs/method.md section 4) and
+``cam_target_layers`` names the Grad-CAM layer (docs/method.md section 7).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class _Net(nn.Module):
 
 
 class _MultiTaskNet(_Net):
-    """Heads shared by the multi-task UNets (method.md section 2, fusion classifier + saliency)."""
+    """Heads shared by the multi-task UNets (docs/method.md section 2, fusion classifier + saliency)."""
 
     def forward_head(self, features: dict, *, pre_logits: bool = False):
         decoder = features["decoder"]  # (B, 64, H, W)
@@ -49,7 +49,7 @@ class _MultiTaskNet(_Net):
 
 
 class DualEncoderMTUNet(_MultiTaskNet):
-    """The paper's network (method.md section 2): DenseNet + Res-SE encoders, one UNet decoder.
+    """The paper's network (docs/method.md section 2): DenseNet + Res-SE encoders, one UNet decoder.
 
     The encoders meet only at the bottleneck: the decoder starts from denseblock4 at /32 and takes
     its skips e5..e1 from the Res-SE encoder.
@@ -86,7 +86,7 @@ class DualEncoderMTUNet(_MultiTaskNet):
 
 
 class MTUNet(_MultiTaskNet):
-    """MT-UNet baseline (Zhu et al. 2022; method.md section 2, baselines): one plain UNet.
+    """MT-UNet baseline (Zhu et al. 2022; docs/method.md section 2, baselines): one plain UNet.
 
     4 max-pools, widths base_width * (1, 2, 4, 8, 16); classifier on concat[GAP(e5), GAP(d_last)].
     ``encoder_block`` swaps the encoder's DoubleConv (ResSEUNet); the decoder stays DoubleConv.
@@ -125,10 +125,10 @@ class ResSEUNet(MTUNet):
 
 
 class DenseNetClassifier(_Net):
-    """DenseNet alone with Linear(1920 -> classes): stages 1a/1b (method.md sections 3-4).
+    """DenseNet alone with Linear(1920 -> classes): stages 1a/1b (docs/method.md sections 3-4).
 
     The encoder is named ``densenet`` as in DualEncoderMTUNet, so ``densenet.*`` keys carry over.
-    ``embedding`` = GAP(denseblock4), the feature of the contrastive stage (method.md section 3).
+    ``embedding`` = GAP(denseblock4), the feature of the contrastive stage (docs/method.md section 3).
     """
 
     _part_names = ("densenet", "classifier")
