@@ -28,7 +28,7 @@ from cxrlib import CLASS_NAMES, metrics
 from cxrlib.evaluate import PAPER_DATA, PAPER_RESULTS, SALIENCY_KEYS
 from cxrlib.variants import VARIANTS
 
-CLASSIFICATION = ("auc_macro", *(f"auc_{c}" for c in CLASS_NAMES), "accuracy", "f1_macro")
+CLASSIFICATION = ("auc_macro", "auc_micro", *(f"auc_{c}" for c in CLASS_NAMES), "accuracy", "f1_macro")
 METRICS = CLASSIFICATION + SALIENCY_KEYS
 LOWER_IS_BETTER = {"kld"}
 
@@ -44,7 +44,7 @@ def collect(run_root, variants=None, seeds=None) -> tuple[pd.DataFrame, pd.DataF
         if (variants is not None and name not in variants) or (seeds is not None and seed not in seeds):
             continue
         c, s = m.get("classification", {}), m.get("saliency", {})
-        values = {k: c.get(k) for k in ("auc_macro", "accuracy", "f1_macro")}
+        values = {k: c.get(k) for k in ("auc_macro", "auc_micro", "accuracy", "f1_macro")}
         values.update({f"auc_{k}": v for k, v in c.get("auc_per_class", {}).items()})
         values.update({k: s.get(k) for k in SALIENCY_KEYS})
         rows += [{"variant": name, "label": m.get("label", name), "seed": seed, "metric": k,
@@ -81,10 +81,15 @@ def _class_scores(probs: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> np.
         aucs.append(np.where((n_pos > 0) & (n_pos < n), auc, np.nan))
         f1s.append(f1)
     aucs, f1s = np.stack(aucs, 1), np.stack(f1s, 1)
+    # micro AUC (the paper's): one AUC over every (image, class) score, labels one-hot
+    flat_pos = (y[..., None] == np.arange(probs.shape[1])).reshape(len(y), -1)
+    flat_ranks = stats.rankdata(p.reshape(len(y), -1), axis=1)
+    n_pos, total = flat_pos.sum(1), flat_pos.shape[1]
+    micro = ((flat_ranks * flat_pos).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * (total - n_pos))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN
         macro_auc, macro_f1 = np.nanmean(aucs, 1), np.nanmean(f1s, 1)
-    return np.column_stack([macro_auc, aucs, (pred == y).mean(1), macro_f1])
+    return np.column_stack([macro_auc, micro, aucs, (pred == y).mean(1), macro_f1])
 
 
 def _boot(per_image: pd.DataFrame, ids: list, idx: np.ndarray) -> dict[str, np.ndarray]:

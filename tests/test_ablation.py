@@ -215,7 +215,7 @@ def test_vectorised_bootstrap_scores_match_the_metrics_module():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ref = metrics.classification_scores(probs[idx[b]], labels[idx[b]])
-        expected = [ref["auc_macro"], *ref["auc_per_class"].values(), ref["accuracy"], ref["f1_macro"]]
+        expected = [ref["auc_macro"], ref["auc_micro"], *ref["auc_per_class"].values(), ref["accuracy"], ref["f1_macro"]]
         np.testing.assert_allclose(fast[b], expected, atol=1e-12, equal_nan=True)
 
 
