@@ -90,8 +90,9 @@ def _process_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]  # field 22 (starttime), counted after "comm"
 
 
-def _alive(pid: int, start: str | None) -> bool:
-    if pid <= 0:  # an unreadable lock file: its holder cannot be checked
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (for removing what dead writers left)."""
+    if pid == os.getpid():
         return True
     try:
         os.kill(pid, 0)
@@ -99,6 +100,14 @@ def _alive(pid: int, start: str | None) -> bool:
         return False
     except PermissionError:  # another user's live process
         return True
+    return True
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    if pid <= 0:  # an unreadable lock file: its holder cannot be checked
+        return True
+    if not process_alive(pid):
+        return False
     now = _process_start(pid)
     return start is None or now is None or now == start
 

@@ -51,7 +51,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 from tqdm.auto import tqdm
 
 from cxrlib import synthetic_anatomy as anatomy
-from cxrlib.data.cache import process_alive
+from cxrlib.runfolder import process_alive
 
 SCREEN = (1920, 1080)  # width, height of the simulated reading display
 LABEL_COLUMNS = ("Normal", "CHF", "pneumonia")

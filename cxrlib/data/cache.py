@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrlib.runfolder import process_alive
+
 CACHE_VERSION = 2  # bump when the preprocessing code or the entry format changes
 FINGERPRINT_BLOCK = 64 * 1024
 
@@ -187,16 +189,3 @@ class SampleCache:
             entry.unlink()
             n += 1
         return n
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine (for removing what dead writers left)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
