@@ -7,5 +7,8 @@ The notebooks read ``CXRLIB_RUN_DIR`` when ``run_dir`` is None, so the test suit
 import os
 import tempfile
 
+# Nobody is there to use a notebook's interactive widgets (cxrlib.viewer builds them undrawn).
+os.environ.setdefault("CXRLIB_HEADLESS", "1")
+
 if "CXRLIB_RUN_DIR" not in os.environ:
     os.environ["CXRLIB_RUN_DIR"] = tempfile.mkdtemp(prefix="cxrlib-nbmake-")

@@ -60,11 +60,14 @@ def check_parameters(params: dict) -> None:
 
 def run_pipeline(profile: str = "demo", *, run_dir=None, egd_root=None, image_root=None,
                  params: dict | None = None, only=None, kernel_name: str = "python3",
-                 progress: bool = True) -> dict:
+                 progress: bool = True, cell_timeout: float | None = None) -> dict:
     """Execute the notebooks; return the final ``metrics.json`` (empty dict if none).
 
     Everything is checked before the first kernel starts; the run folder is locked while the
-    notebooks run, so a second ``cxrlib run`` on it is refused at once.
+    notebooks run, so a second ``cxrlib run`` on it is refused at once. ``cell_timeout``: seconds
+    one cell may run before the run fails (None: no limit; the test suite sets one, so that a
+    kernel that stops answering fails the run instead of hanging it). The kernels run with
+    ``CXRLIB_HEADLESS=1``: nobody is there to use an interactive widget.
     """
     params = dict(params or {})
     params.update({k: v for k, v in {"run_dir": run_dir, "egd_root": egd_root, "image_root": image_root}.items()
@@ -75,15 +78,20 @@ def run_pipeline(profile: str = "demo", *, run_dir=None, egd_root=None, image_ro
     run_dir = Path(make_config("data", profile, run_dir=params.get("run_dir")).run_dir)
     params["run_dir"] = str(run_dir)
     with runfolder.run_folder_lock(run_dir, what=f"run folder {run_dir}"):  # one `cxrlib run` per folder
-        timings = _execute(notebooks, params, run_dir, kernel_name, progress)
+        timings = _execute(notebooks, params, run_dir, kernel_name, progress, cell_timeout)
     metrics_path = run_dir / "stage3" / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     print(summary_table(metrics, timings, run_dir))
     return metrics
 
 
-def _execute(notebooks, params: dict, run_dir: Path, kernel_name: str, progress: bool) -> list:
+def _execute(notebooks, params: dict, run_dir: Path, kernel_name: str, progress: bool,
+             cell_timeout: float | None = None) -> list:
+    import os
+
     import papermill as pm
+
+    os.environ["CXRLIB_HEADLESS"] = "1"  # inherited by the kernels papermill starts
 
     out_dir = run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +105,7 @@ def _execute(notebooks, params: dict, run_dir: Path, kernel_name: str, progress:
         started = time.perf_counter()
         try:
             pm.execute_notebook(str(notebook), str(output), parameters=given, cwd=str(notebook.parent),
-                                kernel_name=kernel_name, progress_bar=progress)
+                                kernel_name=kernel_name, progress_bar=progress, execution_timeout=cell_timeout)
         except pm.PapermillExecutionError as err:
             raise PipelineError(
                 f"{notebook.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}\n"

@@ -7,6 +7,8 @@ papermill and nbmake execute it without a browser; the ipywidgets controls only 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -95,8 +97,12 @@ def interactive_comparison(data, final_model, *, encoder_model=None, baseline_mo
     klass.observe(restrict, names="value")
     for w in (index, method, target, alpha):
         w.observe(redraw, names="value")
-    restrict()
-    redraw()
+    if not os.environ.get("CXRLIB_HEADLESS"):
+        # Headless (cxrlib run, nbmake) nobody can use the controls, and drawing into an Output
+        # widget there once left the executing client waiting forever: the controls come
+        # without a first drawing; show_comparison draws the same view statically.
+        restrict()
+        redraw()
     return widgets.VBox([widgets.HBox([klass, index, method]), widgets.HBox([target, alpha]), out])
 
 

@@ -206,7 +206,9 @@ def executed(tmp_path_factory):
     old = os.environ.get("MPLBACKEND")
     os.environ["MPLBACKEND"] = "Agg"
     try:
-        run_pipeline("smoke", run_dir=str(run_dir), only=[p.name for p in CHAPTERS], progress=False)
+        # a cell limit: a kernel that stops answering fails the suite instead of hanging CI
+        run_pipeline("smoke", run_dir=str(run_dir), only=[p.name for p in CHAPTERS], progress=False,
+                     cell_timeout=600)
     finally:
         os.environ.pop("MPLBACKEND") if old is None else os.environ.__setitem__("MPLBACKEND", old)
     return run_dir / "notebooks"
