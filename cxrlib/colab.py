@@ -30,13 +30,11 @@ from typing import Callable
 
 from cxrlib.config import PROFILES, make_config, repository_root
 from cxrlib.run import NOTEBOOK_STAGES
+from cxrlib.stages import TRAINABLE_STAGES  # stages that write <stage>/best.pt and last.pt
 
 # stage -> the notebook that trains or writes it. The one place start() learns notebook names
 # (derived from cxrlib run's list, so a new notebook such as 08 joins both at once).
 STAGE_NOTEBOOKS = {stage: notebook for notebook, stage in NOTEBOOK_STAGES.items()}
-
-# Stages whose notebook trains a network and so writes <run_dir>/<stage>/best.pt and last.pt.
-TRAINING_STAGES = ("stage1a", "stage1b", "stage2", "stage3")
 
 DEFAULT_MOUNT_POINT = "/content/drive"
 CHECKPOINT = "best.pt"  # the name train.BEST gives the best-validation checkpoint
@@ -161,9 +159,9 @@ def _path_lines(config, upstream: Path | None) -> list[str]:
     if upstream is not None:
         state = "" if upstream.is_file() else "  (MISSING)"
         lines.append(f"reads:        {upstream}{state}")
-    writes = stage_dir / CHECKPOINT if config.stage in TRAINING_STAGES else stage_dir
+    writes = stage_dir / CHECKPOINT if config.stage in TRAINABLE_STAGES else stage_dir
     lines.append(f"writes:       {writes}")
-    if config.stage in TRAINING_STAGES and not config.resume and (stage_dir / "last.pt").is_file():
+    if config.stage in TRAINABLE_STAGES and not config.resume and (stage_dir / "last.pt").is_file():
         lines.append(f"note:         {stage_dir / 'last.pt'} is left from an interrupted run: set resume = True "
                      f"to continue it, or leave resume = False to train again from the start")
     return lines
