@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrlib import CLASS_NAMES, evaluate, explain, stages
+from cxrlib import CLASS_NAMES, evaluate, explain, metrics, stages
 from cxrlib.config import ResultsConfig, StageConfig, make_config
 from cxrlib.data import collate
 from cxrlib.equal_stages import chain_signatures, find_equal, fingerprint, folder_fingerprint, is_done, observed_seconds
@@ -66,10 +66,6 @@ def _remove(folder: Path) -> None:
         folder.unlink()
     elif folder.exists():
         shutil.rmtree(folder)
-
-
-def data_label(config) -> str:
-    return "synthetic EGD-format data" if config.egd_root is None else "EGD-CXR (this run's split)"
 
 
 class DataCache(dict):
@@ -124,9 +120,9 @@ def gradcam_saliency(model, dataset, config) -> np.ndarray:
     return np.concatenate([explain.cam_maps(model, batch["image"], method="gradcam") for batch in loader])
 
 
-def per_image_table(pred: dict):
-    """One row per test image: id, label, class probabilities and the five saliency scores."""
-    table = evaluate.saliency_table(pred["saliency"], pred["target"], pred["fixations"])
+def per_image_table(pred: dict, *, kld_eps: float = metrics.EPS):
+    """One row per scored image: id, label, class probabilities and the five saliency scores."""
+    table = evaluate.saliency_table(pred["saliency"], pred["target"], pred["fixations"], kld_eps=kld_eps)
     table.insert(0, "dicom_id", list(pred["dicom_id"]))
     table.insert(1, "label", np.asarray(pred["labels"]))
     for c, name in enumerate(CLASS_NAMES):
@@ -135,23 +131,25 @@ def per_image_table(pred: dict):
 
 
 def evaluate_variant(name: str, configs: list, run_root, data, *, progress=True) -> tuple[dict, object]:
-    """Test-split predictions of a trained variant: metrics (as ``metrics.json``) and per image."""
+    """Predictions of a trained variant on the scored split (``eval_split``: test, or the paper
+    code's optimistic validation split): metrics (as ``metrics.json``) and per image."""
     variant = VARIANTS[name]
     by_stage = {c.stage: c for c in configs}
     clf_cfg = by_stage[variant.classifier]
-    test = _cached(data, clf_cfg, run_root, progress).test
+    scored, _ = evaluate.eval_dataset(_cached(data, clf_cfg, run_root, progress), clf_cfg)
     classifier = stages.load_stage_model(clf_cfg, clf_cfg.stage)
-    pred = stages.predict(classifier, test, clf_cfg, progress=progress)
+    pred = stages.predict(classifier, scored, clf_cfg, progress=progress)
     if variant.saliency == "gradcam":
-        pred["saliency"] = gradcam_saliency(classifier, test, clf_cfg)
+        pred["saliency"] = gradcam_saliency(classifier, scored, clf_cfg)
     elif variant.saliency != variant.classifier:
         sal_cfg = by_stage[variant.saliency]
-        maps = stages.predict(stages.load_stage_model(sal_cfg, sal_cfg.stage), _cached(data, sal_cfg, run_root, progress).test, sal_cfg,
-                              progress=progress)
-        assert list(maps["dicom_id"]) == list(pred["dicom_id"]), "both models must see the same test images"
+        sal_scored, _ = evaluate.eval_dataset(_cached(data, sal_cfg, run_root, progress), sal_cfg)
+        maps = stages.predict(stages.load_stage_model(sal_cfg, sal_cfg.stage), sal_scored, sal_cfg, progress=progress)
+        assert list(maps["dicom_id"]) == list(pred["dicom_id"]), "both models must see the same images"
         pred["saliency"] = maps["saliency"]
-    report = evaluate.evaluate_predictions(pred, n_boot=clf_cfg.n_boot, seed=clf_cfg.seed)
-    return report, per_image_table(pred)
+    report = evaluate.evaluate_predictions(pred, n_boot=clf_cfg.n_boot, seed=clf_cfg.seed, kld_eps=clf_cfg.kld_eps,
+                                           eval_split=clf_cfg.eval_split)
+    return report, per_image_table(pred, kld_eps=clf_cfg.kld_eps)
 
 
 def run_variant(name: str, profile: str = "smoke", *, seed: int = 0, run_root=None, data=None,
@@ -171,7 +169,9 @@ def run_variant(name: str, profile: str = "smoke", *, seed: int = 0, run_root=No
     log(f"[seed {seed}] {name}")
     rows = [ensure_stage(c, sig, run_root, data, progress=progress, log=log)
             for c, sig in zip(configs, chain_signatures(configs))]
+    last = configs[-1]
     fp = fingerprint({"variant": name, "eval": [VARIANTS[name].classifier, VARIANTS[name].saliency],
+                      "eval_split": last.eval_split, "kld_eps": last.kld_eps,
                       "stages": [r["fingerprint"] for r in rows]})
     path = folder / "metrics.json"
     if not force and path.is_file() and (folder / "per_image.csv").is_file():
@@ -181,9 +181,8 @@ def run_variant(name: str, profile: str = "smoke", *, seed: int = 0, run_root=No
     eval_started = time.perf_counter()
     report, table = evaluate_variant(name, configs, run_root, data, progress=progress)
     table.to_csv(folder / "per_image.csv", index=False)
-    last = configs[-1]
     evaluate.write_metrics(path, report, variant=name, label=VARIANTS[name].label, seed=seed,
-                           profile=last.profile, data=data_label(last), data_run_dir=str(run_root),
+                           profile=last.profile, data=evaluate.data_label(last), data_run_dir=str(run_root),
                            image_size=list(last.image_size), fingerprint=fp, stages=rows,
                            seconds={"train": sum(r["seconds"] for r in rows),
                                     "evaluate": time.perf_counter() - eval_started,

@@ -17,14 +17,21 @@ def _synth(args) -> int:
     if args.format == "reflacx":
         from cxrlib.synthetic_reflacx import make_reflacx_like
 
-        out = make_reflacx_like(args.out_dir, n_images=args.n_images, seed=args.seed, overwrite=args.overwrite)
+        difficulty = {} if args.difficulty is None else {"difficulty": args.difficulty}
+        try:
+            out = make_reflacx_like(args.out_dir, n_images=args.n_images, seed=args.seed, overwrite=args.overwrite,
+                                    **difficulty)
+        except (ValueError, FileExistsError) as err:
+            print(f"cxrlib synth: {err}", file=sys.stderr)
+            return 2
         print(f"synthetic REFLACX-format data set in {out} (reflacx_root = reflacx_image_root = this folder)")
         return 0
     from cxrlib.synthetic import make_egd_like
 
+    difficulty = {} if args.difficulty is None else {"difficulty": args.difficulty}
     try:
         out = make_egd_like(args.out_dir, n_images=args.n_images, seed=args.seed, overwrite=args.overwrite,
-                            native_shape=args.native_size, transfer_syntax=args.transfer_syntax)
+                            native_shape=args.native_size, transfer_syntax=args.transfer_syntax, **difficulty)
     except (ValueError, RuntimeError, FileExistsError) as err:
         print(f"cxrlib synth: {err}", file=sys.stderr)
         return 2
@@ -60,6 +67,16 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {value}")
     return value
 
 
@@ -143,6 +160,8 @@ def _bench_reuse(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cxrlib.variants import VARIANTS  # torch-free
+
     from cxrlib.stages import TRAINABLE_STAGES  # the stage registry
 
     parser = argparse.ArgumentParser(prog="cxrlib", description=__doc__,
@@ -162,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixel data uncompressed (explicit little endian) or lossless JPEG 2000 / JPEG-LS")
     p.add_argument("--format", choices=("egd", "reflacx"), default="egd",
                    help="egd: EGD-CXR layout (default); reflacx: REFLACX layout, several readers per image")
+    p.add_argument("--difficulty", type=_unit_float, default=None,
+                   help="0 to 1: how faint and overlapping the class signatures are (default: 0.75 for egd, "
+                        "the demo's calibration; 0 for reflacx)")
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("prepare", help="build the sample cache in parallel before training (resumable)")
@@ -195,8 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablate", help="train and evaluate the ablation variants over seeds (notebook 07)")
     p.add_argument("--profile", choices=("smoke", "demo", "paper"), default="demo")
-    p.add_argument("--variants", nargs="+", help="default: all (full joint no_contrastive no_fusion mtunet "
-                                                 "resse_unet densenet)")
+    p.add_argument("--variants", nargs="+", help="default: all (" + " ".join(VARIANTS) + ")")
     p.add_argument("--seeds", nargs="+", type=int, help="model seeds (default: the profile's, demo 0 1 2)")
     p.add_argument("--run-dir", help="main run folder whose data and split every variant shares "
                                      "(default: runs/<profile>); variants go to <run-dir>/ablation/")

@@ -17,11 +17,9 @@ from pathlib import Path
 
 from cxrlib import stages
 from cxrlib.checkpoints import init_path
+from cxrlib.config import NOT_WEIGHT_FIELDS as _NOT_WEIGHTS  # equal stages may differ in these
 from cxrlib.train import BEST, ended
 
-# Fields that do not change a stage's weights: equal stages may differ in them.
-_NOT_WEIGHTS = {"run_dir", "resume", "device", "num_workers", "eval_batch_size", "n_boot",
-                "reuse_frozen_features", "sync_batchnorm"}
 
 def _upstream(config_dict: dict) -> Path | None:
     path = init_path(config_dict.get("init_from"), config_dict["run_dir"])

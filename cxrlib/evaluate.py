@@ -30,6 +30,11 @@ EVAL_SPLITS = {
 SALIENCY_KEYS = ("cc", "kld", "sim", "nss", "auc_judd")
 
 
+def data_label(config) -> str:
+    """What a run's figures were measured on: the bundled synthetic set or EGD-CXR."""
+    return "synthetic EGD-format data" if config.egd_root is None else "EGD-CXR (this run's split)"
+
+
 def eval_dataset(data, config):
     """``(data set, label)`` of the split the final figures come from (``config.eval_split``).
 

@@ -106,10 +106,6 @@ class TestReport:
         return "\n".join(lines)
 
 
-def data_label(config) -> str:
-    return "synthetic EGD-format data" if config.egd_root is None else "EGD-CXR (this run's split)"
-
-
 def test_report(config, model, data, *, progress: bool = True) -> TestReport:
     """Predict the test split with ``model``, score it (95 % bootstrap intervals, centre-bias
     baseline on the same images) and write ``<stage_dir>/metrics.json`` with the run's context.
@@ -121,7 +117,7 @@ def test_report(config, model, data, *, progress: bool = True) -> TestReport:
     pred = stages.predict(model, scored, config, progress=progress)
     metrics = evaluate.evaluate_predictions(pred, n_boot=config.n_boot, seed=config.seed, kld_eps=config.kld_eps,
                                             eval_split=config.eval_split)
-    label = data_label(config)
+    label = evaluate.data_label(config)
     path = evaluate.write_metrics(config.stage_dir / "metrics.json", metrics, profile=config.profile, data=label,
                                   seed=config.seed, image_size=list(config.image_size))
     return TestReport(pred, metrics, path, label)

@@ -99,16 +99,19 @@ def _reading_plan(rng: np.random.Generator, n_images: int, n_readers: int):
 
 def make_reflacx_like(out_dir, *, n_images: int = 40, seed: int = 0, n_readers: int = 5,
                       native_size=(320, 448), discard_frac: float = 0.08, overwrite: bool = False,
-                      progress: bool = True) -> pathlib.Path:
+                      progress: bool = True, difficulty: float = 0.0) -> pathlib.Path:
     """Write a synthetic REFLACX-format data set into ``out_dir`` and return it.
 
     Same ``seed``: the same files. ``native_size`` is the range of image heights in pixels.
+    ``difficulty`` (0 to 1): how faint and overlapping the class signatures are, as in
+    `cxrlib.synthetic.make_egd_like`.
     """
     out = pathlib.Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty; choose an empty folder or pass overwrite=True")
     if n_images < 4 or n_readers < 2:  # every phase gets an image
         raise ValueError(f"need at least 4 images and 2 readers, got {n_images} and {n_readers}")
+    difficulty = anatomy.check_difficulty(difficulty)
     (out / "main_data").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 10])
     readers = _readers(rng, n_readers)
@@ -118,7 +121,7 @@ def make_reflacx_like(out_dir, *, n_images: int = 40, seed: int = 0, n_readers: 
     numbers = iter(rng.choice(900_000, size=n_images * n_readers, replace=False) + 100_000)
     for k in tqdm(range(n_images), disable=not progress, desc="synthetic REFLACX"):
         r = np.random.default_rng([seed, 11, k])
-        p = anatomy.draw_patient(r, int(labels[k]))
+        p = anatomy.draw_patient(r, int(labels[k]), difficulty)
         h = int(r.integers(native_size[0], native_size[1] + 1))
         acq = anatomy.draw_acquisition(r, h, round(h * r.uniform(0.78, 0.95)))
         img = anatomy.render(p, acq, r)

@@ -35,6 +35,16 @@ VARIANTS = {
                           (("joint", {"model": "resse_unet"}),), "joint", "joint"),
     "densenet": Variant("DenseNet201 + Grad-CAM", "multi-task beats a single-task classifier and its Grad-CAM",
                         (("stage1b", {"init_from": "none"}),), "stage1b", "gradcam"),
+    # Fidelity variants: the full chain with one stage-1a/1b choice of the authors' code changed
+    # (docs/reproduction-notes.md rows 1, 2 and 5).
+    "pooled_triplet": Variant("pooled, averaged triplet (1a)",
+                              "the code's unpooled-map, summed triplet loss matters (against GAP features, mean)",
+                              (("stage1a", {"triplet_feature": "pooled", "triplet_reduction": "mean"}),
+                               *_COOPERATIVE[1:]), "stage3", "stage3"),
+    "linear_probe": Variant("linear probe (1b)", "fine-tuning the DenseNet in 1b helps (against the code's "
+                            "commented frozen-DenseNet path)",
+                            (_COOPERATIVE[0], ("stage1b", {"linear_probe": True}), *_COOPERATIVE[2:]),
+                            "stage3", "stage3"),
 }
 
 

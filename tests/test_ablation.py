@@ -77,6 +77,45 @@ def test_equal_stages_are_linked_not_retrained(ran, root):
     assert np.allclose(full["cc"], no_fusion["cc"])
 
 
+def test_fidelity_variants_change_only_their_stage(ran, root):
+    actions = {n: {s["stage"]: s["action"] for s in m["stages"]} for n, m in ran.items()}
+    # another 1a loss: every stage downstream of it is new
+    assert actions["pooled_triplet"] == dict.fromkeys(("stage1a", "stage1b", "stage2", "stage3"), "trained")
+    # the linear probe shares the full method's 1a, and trains its own 1b onwards
+    assert actions["linear_probe"] == {"stage1a": "linked", "stage1b": "trained", "stage2": "trained",
+                                       "stage3": "trained"}
+    saved = json.loads((ablation.variant_dir(root, "pooled_triplet", 0) / "stage1a" / "config.json").read_text())
+    assert (saved["triplet_feature"], saved["triplet_reduction"]) == ("pooled", "mean")
+    saved = json.loads((ablation.variant_dir(root, "linear_probe", 0) / "stage1b" / "config.json").read_text())
+    assert saved["linear_probe"] is True
+
+
+def test_eval_split_and_kld_eps_reach_the_variant_evaluation(ran, root, monkeypatch):
+    quiet = {"progress": False, "log": lambda *a: None}
+    bundle = ablation.DataCache().get_for(make_config("stage3", "smoke", **TINY), root, progress=False)
+    seen = {}
+
+    def record(pred, **kwargs):  # the smoke set's validation split is too small for the bootstrap
+        seen.update(kwargs, ids=list(pred["dicom_id"]), maps=pred["saliency"].shape)
+        return {"eval_split": kwargs["eval_split"], "n_test": len(pred["labels"])}
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ablation.evaluate, "evaluate_predictions", record)
+        patch.setattr(ablation, "per_image_table", lambda pred, **kw: pd.DataFrame({"dicom_id": pred["dicom_id"]}))
+        with pytest.warns(UserWarning, match="optimistic"):
+            val = ablation.run_variant("no_fusion", "smoke", seed=0, run_root=root, eval_split="val", **quiet, **TINY)
+    assert seen["eval_split"] == "val" and seen["ids"] == list(bundle.val.sheet["dicom_id"]) != list(bundle.test.sheet["dicom_id"])
+    assert seen["maps"][0] == len(bundle.val)  # the stage-2 maps of the same images
+    assert val["eval_split"] == "val" and [s["action"] for s in val["stages"]] == ["done"] * 3  # not retrained
+    exact = ablation.run_variant("no_fusion", "smoke", seed=0, run_root=root, kld_eps=0.0, **quiet, **TINY)
+    assert exact["eval_split"] == "test" and exact["fingerprint"] != ran["no_fusion"]["fingerprint"]
+    assert exact["saliency"]["kld"] != ran["no_fusion"]["saliency"]["kld"]
+    assert exact["saliency"]["cc"] == ran["no_fusion"]["saliency"]["cc"]
+    # back to the defaults: the first results again
+    again = ablation.run_variant("no_fusion", "smoke", seed=0, run_root=root, **quiet, **TINY)
+    assert again["saliency"] == ran["no_fusion"]["saliency"] and again["classification"] == ran["no_fusion"]["classification"]
+
+
 def test_a_second_call_trains_nothing_and_a_new_setting_is_not_reused(ran, root):
     config = make_config("results", "smoke", run_dir=str(root), seeds=(0,), **TINY)
     assert set(ablation.plan(config)["action"]) == {"done"}

@@ -72,6 +72,21 @@ def test_cli_synth_rejects_zero_images_without_a_traceback(tmp_path, capsys):
     assert "native_shape" in capsys.readouterr().err
 
 
+def test_cli_synth_difficulty_reaches_the_generator(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["synth", str(tmp_path / "bad"), "--n-images", "3", "--difficulty", "1.5"])
+    assert exit_info.value.code == 2 and "--difficulty: must be a number from 0 to 1" in capsys.readouterr().err
+    pixels = {}
+    for difficulty in ("0", "1"):
+        out = tmp_path / f"d{difficulty}"
+        assert cli(["synth", str(out), "--n-images", "6", "--difficulty", difficulty]) == 0
+        pixels[difficulty] = [pydicom.dcmread(f).pixel_array for f in sorted(out.rglob("*.dcm"))]
+    assert len(pixels["0"]) == len(pixels["1"]) == 6
+    # the same bodies and acquisitions, other disease draws: some image differs, the shapes agree
+    assert [a.shape for a in pixels["0"]] == [b.shape for b in pixels["1"]]
+    assert any(not np.array_equal(a, b) for a, b in zip(pixels["0"], pixels["1"]))
+
+
 def test_a_set_appears_complete_or_not_at_all(tmp_path, monkeypatch):
     from cxrlib import synthetic
 
