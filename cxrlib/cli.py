@@ -132,7 +132,7 @@ def _ablate(args) -> int:
         print(plan.to_string(index=False))
         print(ablation.budget_text(plan))
         return 0
-    if config.train:  # one writer of the variants' folders (a stale one is removed before retraining)
+    if config.train_missing:  # one writer of the variants' folders (a stale one is removed before retraining)
         with runfolder.run_folder_lock(Path(config.run_dir) / "ablation", what="the ablation folder"):
             ablation.run_ablation(config, progress=not args.no_progress)
     per_seed, per_image = results.collect(config.run_dir, config.variants, config.seeds)

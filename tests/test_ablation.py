@@ -185,6 +185,19 @@ def test_cli_has_ablate():
     assert args.variants == ["full", "mtunet"] and args.seeds == [0, 1]
 
 
+def test_cli_ablate_runs_the_study_and_prints_the_table(ran, root, capsys):
+    from cxrlib.cli import main
+
+    tiny = [x for name, value in TINY.items() for x in ("-p", name, str(value))]
+    argv = ["ablate", "--profile", "smoke", "--run-dir", str(root), "--variants", "full", "no_fusion",
+            "--seeds", "0", "--no-progress", *tiny]
+    assert main(argv) == 0  # every stage is done: it reads, links nothing new, and reports
+    out = capsys.readouterr().out
+    assert "no fusion" in out and "full method" in out and "0 stage trainings" in out
+    assert main([*argv, "--no-train"]) == 0
+    assert "train_missing=False" not in capsys.readouterr().out  # --no-train does not even plan
+
+
 # -- the statistics, on fake results ----------------------------------------------------------
 def _fake_run(root, variant, seed, rng, *, cc_shift=0.0, skill=1.0, n=40):
     labels = np.arange(n) % 3
