@@ -122,7 +122,7 @@ def gradcam_saliency(model, dataset, config) -> np.ndarray:
 
 def per_image_table(pred: dict, *, kld_eps: float = metrics.EPS):
     """One row per scored image: id, label, class probabilities and the five saliency scores."""
-    table = evaluate.saliency_table(pred["saliency"], pred["target"], pred["fixations"], kld_eps=kld_eps)
+    table = evaluate.saliency_table(pred["saliency"], pred["gaze_map"], pred["fixations"], kld_eps=kld_eps)
     table.insert(0, "dicom_id", list(pred["dicom_id"]))
     table.insert(1, "label", np.asarray(pred["labels"]))
     for c, name in enumerate(CLASS_NAMES):

@@ -37,7 +37,7 @@ def _random_samples(config, n: int, seed: int = 0) -> list[dict]:
     samples = []
     for i in range(n):
         target = torch.rand(1, h, w, generator=gen)
-        samples.append({"image": torch.rand(1, h, w, generator=gen), "saliency": target / target.sum(),
+        samples.append({"image": torch.rand(1, h, w, generator=gen), "gaze_map": target / target.sum(),
                         "label": i % 3})
     return samples
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from cxrlib import stages
 from cxrlib.checkpoints import init_path
 from cxrlib.config import NOT_WEIGHT_FIELDS as _NOT_WEIGHTS  # equal stages may differ in these
-from cxrlib.train import BEST, ended
+from cxrlib.checkpoints import BEST
+from cxrlib.history import ended
 
 
 def _upstream(config_dict: dict) -> Path | None:

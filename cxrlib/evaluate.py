@@ -94,7 +94,7 @@ def evaluate_predictions(pred: dict, *, n_boot: int = 1000, seed: int = 0, kld_e
         classification[f"{key}_ci"] = [float(low), float(high)]
     result = {"classification": _jsonable(classification), "n_test": int(len(labels)),
               "eval_split": eval_split, "split": EVAL_SPLITS[eval_split]}
-    target = pred["target"]
+    target = pred["gaze_map"]
     if pred.get("saliency") is not None:
         table = saliency_table(pred["saliency"], target, pred["fixations"], kld_eps=kld_eps)
         result["saliency"] = _with_ci(table, n_boot=n_boot, seed=seed)

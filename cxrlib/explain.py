@@ -199,7 +199,7 @@ def scoreboard(data, methods: dict[str, Callable], *, batch_size: int = 8,
                 if maps[name].shape != (len(samples), *shape):
                     raise ValueError(f"method {name!r} returned {maps[name].shape}, "
                                      f"expected {(len(samples), *shape)}")
-            gts = np.stack([_numpy(s["saliency"]).reshape(shape) for s in samples])
+            gts = np.stack([_numpy(s["gaze_map"]).reshape(shape) for s in samples])
             for name, m in maps.items():
                 # the same per-image scoring as the test-split evaluation (cxrlib.evaluate)
                 table = saliency_table(m, gts, [s["fixations"] for s in samples])

@@ -98,7 +98,7 @@ def ceiling_table(data, *, min_readers: int = 2) -> pd.DataFrame:
         if len(set(readers)) < min_readers:
             continue
         samples = [data[i] for i in indices]
-        maps = np.stack([s["saliency"][0].numpy().astype(np.float64) for s in samples])
+        maps = np.stack([s["gaze_map"][0].numpy().astype(np.float64) for s in samples])
         for k, sample in enumerate(samples):
             others = readers != readers[k]  # a reader's second reading of the image is no "other"
             preds.append(maps[others].mean(0))
@@ -120,7 +120,7 @@ def model_table(model, data, config, *, progress: bool = True) -> tuple[pd.DataF
     pred = predict(model, data, config, progress=progress)
     if pred["saliency"] is None:
         raise ValueError("the model predicts no saliency map; external validation needs the stage-3 network")
-    ids, target = _ids(data), pred["target"]
+    ids, target = _ids(data), pred["gaze_map"]
     centre = np.broadcast_to(metrics.centre_bias_map(target.shape[1:]), target.shape)
     tables = [pd.concat([ids.assign(map=name), saliency_table(maps, target, pred["fixations"])], axis=1)
               for name, maps in ((MODEL, pred["saliency"]), (CENTRE, centre))]
@@ -248,7 +248,7 @@ def readers_figure(data, dicom_id: str | None = None, pred: dict | None = None):
         raise ValueError(f"dicom_id {dicom_id!r} is not among the {len(groups)} REFLACX images read here")
     samples = [data[i] for i in groups[dicom_id]]
     image = samples[0]["image"][0].numpy()
-    panels = [(f"reader {s['reader_id']}", s["saliency"][0].numpy(), s["fixations"].numpy()) for s in samples]
+    panels = [(f"reader {s['reader_id']}", s["gaze_map"][0].numpy(), s["fixations"].numpy()) for s in samples]
     panels.append((f"mean of {len(samples)} readers", np.mean([p[1] for p in panels], 0), None))
     if pred is not None and pred.get("saliency") is not None:
         panels.append(("model (stage 3)", pred["saliency"][groups[dicom_id][0]], None))

@@ -101,7 +101,7 @@ def examples_with_gaze(dataset, indices):
     fig, axes = plt.subplots(len(indices), 3, figsize=(7.5, 2.6 * len(indices)), squeeze=False)
     for row, index in zip(axes, indices):
         s = dataset[index]
-        image, sal = s["image"][0].numpy(), s["saliency"][0].numpy()
+        image, sal = s["image"][0].numpy(), s["gaze_map"][0].numpy()
         name = CLASS_NAMES[s["label"]]
         overlay(row[0], image, title=f"{name}  {s['dicom_id'][:8]}")
         overlay(row[1], image, sal, title="gaze map")
@@ -251,7 +251,7 @@ def gaze_vs_fixations(dataset, index: int):
     if "FPOGD" in fix:
         axes[1].scatter(fix["x"], fix["y"], s=200 * fix["FPOGD"] / max(fix["FPOGD"].max(), 1e-9), c="yellow",
                         alpha=0.6, edgecolors="k", linewidths=0.3)
-    overlay(axes[2], image, sample["saliency"][0].numpy(), title=f"gaze map ({dataset.gaze_source})")
+    overlay(axes[2], image, sample["gaze_map"][0].numpy(), title=f"gaze map ({dataset.gaze_source})")
     axes[0].set_ylabel(f"{CLASS_NAMES[sample['label']]} {sample['dicom_id'][:8]}", fontsize=8)
     fig.tight_layout()
     heat_colorbar(fig, axes[2], "gaze map / its maximum")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrlib.train import epoch_line
+from cxrlib.history import epoch_line
 
 SHOWN_METRICS = ("val_auc_macro", "val_accuracy", "val_cc", "val_kld", "val_sim")
 LOWER_IS_BETTER = ("val_loss", "val_kld")

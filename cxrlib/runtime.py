@@ -1,12 +1,13 @@
-"""Device choice, seeding and the environment printout every notebook starts with."""
+"""Device choice, seeding, the random generators' state (for checkpoints) and the environment
+printout every notebook starts with."""
 
 from __future__ import annotations
 
 import os
 import platform
-from importlib import metadata
 import random
 import sys
+from importlib import metadata
 
 import numpy as np
 import torch
@@ -83,3 +84,25 @@ def environment_report(seed: int | None = None) -> dict:
     except metadata.PackageNotFoundError:  # pragma: no cover - a checkout on sys.path, not installed
         report["cxrlib"] = "not installed"
     return report
+
+
+def rng_state() -> dict:
+    """Every random generator's state (Python, NumPy, torch CPU and CUDA), as tensors and lists
+    that a ``weights_only`` checkpoint can hold; :func:`set_rng_state` restores it (resume)."""
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+    np_state = np.random.get_state()
+    state["numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    state["numpy_pos"], state["numpy_gauss"] = int(np_state[2]), (int(np_state[3]), float(np_state[4]))
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    has_gauss, gauss = state["numpy_gauss"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

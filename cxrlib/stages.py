@@ -40,7 +40,9 @@ from cxrlib.model import build_model
 from cxrlib.runtime import default_device, seed_everything
 from cxrlib.steps import (ce_step, contrastive_extra, contrastive_step, fusion_step, joint_extra, joint_step,
                           saliency_step, with_frozen_densenet, with_fused_features)
-from cxrlib.train import BEST, Trainer, load_init, precompute, warn_missing_init
+from cxrlib.checkpoints import BEST, load_init, warn_missing_init
+from cxrlib.frozen_features import precompute
+from cxrlib.train import Trainer
 
 
 @dataclass
@@ -305,7 +307,7 @@ def load_stage_model(config, stage: str = "stage3", *, model_name: str | None = 
     """A trained model from ``run_dir/<stage>/best.pt``, on the config's device, in eval mode.
 
     The network is the one the saved config's registry entry names (``model_name`` overrides)."""
-    from cxrlib.train import load_checkpoint
+    from cxrlib.checkpoints import load_checkpoint
 
     state = load_checkpoint(checkpoint_path(config, stage))
     saved = state["config"]
@@ -334,25 +336,26 @@ def trained_model(config, stage: str, *, model_name: str | None = None, required
 
 @torch.no_grad()
 def predict(model: nn.Module, data, config, *, progress: bool = True) -> dict:
-    """Probabilities, predicted and true saliency maps, fixations and ids over a data set."""
+    """Over a data set: ``probs`` (N, 3), ``labels``, ``saliency`` (N, H, W: the model's predicted
+    map; None for a classifier), ``gaze_map`` (N, H, W: the ground truth), ``fixations`` and ``dicom_id``."""
     from torch.utils.data import DataLoader
 
-    from cxrlib.train import _progress, to_device
+    from cxrlib.batches import progress_bar, to_device
 
     model.eval()
     device = next(model.parameters()).device
     loader = DataLoader(data, batch_size=config.eval_batch_size, shuffle=False, collate_fn=collate,
                         generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
-    out = {"probs": [], "labels": [], "saliency": [], "target": [], "fixations": [], "dicom_id": []}
-    for batch in _progress(loader, total=len(loader), desc="predict", enabled=progress):
+    out = {"probs": [], "labels": [], "saliency": [], "gaze_map": [], "fixations": [], "dicom_id": []}
+    for batch in progress_bar(loader, total=len(loader), desc="predict", enabled=progress):
         result = model(to_device(batch, device)["image"])
         out["probs"].append(result["logits"].float().softmax(1).cpu().numpy())
         out["labels"].append(batch["label"].numpy())
         if "saliency_log" in result:
             out["saliency"].append(result["saliency_log"].float().exp().cpu().numpy()[:, 0])
-        out["target"].append(batch["saliency"].numpy()[:, 0])
+        out["gaze_map"].append(batch["gaze_map"].numpy()[:, 0])
         out["fixations"] += [f.numpy() for f in batch["fixations"]]
         out["dicom_id"] += batch["dicom_id"]
-    for key in ("probs", "labels", "saliency", "target"):
+    for key in ("probs", "labels", "saliency", "gaze_map"):
         out[key] = np.concatenate(out[key]) if out[key] else None
     return out

@@ -12,7 +12,7 @@ from torch import nn
 from cxrlib import distributed, losses, precision
 from cxrlib.data import collate
 from cxrlib.data.augment import random_view
-from cxrlib.train import CachedFeatures, precompute
+from cxrlib.frozen_features import CachedFeatures, precompute
 
 
 # -- step functions ----------------------------------------------------------------------
@@ -76,7 +76,7 @@ def saliency_step(model, batch, extra=None):
     features = model.forward_features(batch["image"], dense=_cached_dense(batch))
     out = model.forward_head(features)
     # Only the saliency output: the fusion classifier is untrained here, its AUC would mislead.
-    return {"loss": losses.saliency_kl(out["saliency_log"], batch["saliency"]), "saliency_log": out["saliency_log"]}
+    return {"loss": losses.saliency_kl(out["saliency_log"], batch["gaze_map"]), "saliency_log": out["saliency_log"]}
 
 
 def fusion_step(model, batch, extra=None):
@@ -93,7 +93,7 @@ def joint_step(model, batch, extra):
     network (docs/method.md section 3; Kendall et al. 2018)."""
     out = model(batch["image"])
     ce = losses.classification_ce(out["logits"], batch["label"])
-    kl = losses.saliency_kl(out["saliency_log"], batch["saliency"])
+    kl = losses.saliency_kl(out["saliency_log"], batch["gaze_map"])
     return {"loss": extra["uncertainty"](ce, kl), **out}
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import time
 import warnings
 from pathlib import Path
@@ -41,61 +40,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from cxrlib import distributed, precision, runfolder
-# atomic_save, load_init, warn_missing_init: imported from here by older code
-from cxrlib.checkpoints import (BEST, LAST, atomic_save, check_resumable, load_checkpoint,  # noqa: F401
-                                load_init, load_weights, warn_missing_init)
-from cxrlib.model import set_activation_checkpointing
-from cxrlib.runtime import default_device, seed_everything, set_deterministic
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
-    np_state = np.random.get_state()
-    state["numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
-    state["numpy_pos"], state["numpy_gauss"] = int(np_state[2]), (int(np_state[3]), float(np_state[4]))
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
-    has_gauss, gauss = state["numpy_gauss"]
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def to_device(batch: dict, device: torch.device, *, channels_last: bool = False) -> dict:
-    """Tensors of ``batch`` on ``device`` (4-D ones in channels_last when asked)."""
-    return {k: (precision.to_memory_format(v.to(device, non_blocking=True), channels_last) if torch.is_tensor(v) else v)
-            for k, v in batch.items()}
-
-
-def set_trainable(model: nn.Module, train_parts) -> list[nn.Parameter]:
-    """Freeze every part not in ``train_parts``; return the parameters that train."""
-    parts = model.parts()
-    unknown = sorted(set(train_parts) - set(parts))
-    if unknown:
-        raise ValueError(f"unknown part(s) {unknown}; this model has {list(parts)}")
-    params = []
-    for name, part in parts.items():
-        trains = name in train_parts
-        part.requires_grad_(trains)
-        if trains:
-            params += list(part.parameters())
-    return params
-
-
-def set_modes(model: nn.Module, train_parts, frozen_bn: str = "eval") -> None:
-    """Training mode for the trained parts; eval mode for the frozen ones unless told otherwise."""
-    model.train()
-    if frozen_bn == "eval":
-        for name, part in model.parts().items():
-            if name not in train_parts:
-                part.eval()
+from cxrlib.batches import EpochShuffle, loader_workers, progress_bar, to_device
+from cxrlib.checkpoints import BEST, LAST, atomic_save, check_resumable, load_checkpoint, load_weights
+from cxrlib.history import early_stop, epoch_line
+from cxrlib.model import set_activation_checkpointing, set_modes, set_trainable
+from cxrlib.runtime import default_device, rng_state, seed_everything, set_deterministic, set_rng_state
 
 
 class _Step(nn.Module):
@@ -209,7 +158,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(), "extra": self.extra.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "epoch": epoch, "rng": _rng_state(),
+            "scaler": self.scaler.state_dict(), "epoch": epoch, "rng": rng_state(),
             "config": self.config.to_dict(), "history": self.history, "best_val": self.best_val,
         }
 
@@ -229,7 +178,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.history, self.best_val = list(state["history"]), float(state["best_val"])
         self.start_epoch = int(state["epoch"]) + 1
         return True
@@ -253,7 +202,7 @@ class Trainer:
         loader = self._loader(data, shuffle=True, epoch=epoch)
         n_steps = len(loader) if self.config.max_steps_per_epoch is None else min(len(loader), self.config.max_steps_per_epoch)
         total, count, images, started = 0.0, 0, 0, time.perf_counter()
-        bar = _progress(loader, total=n_steps, desc=f"{self.config.stage} epoch {epoch + 1}/{self.config.epochs}",
+        bar = progress_bar(loader, total=n_steps, desc=f"{self.config.stage} epoch {epoch + 1}/{self.config.epochs}",
                         enabled=self.progress)
         for step, batch in enumerate(bar):
             if step >= n_steps:
@@ -308,12 +257,10 @@ class Trainer:
             if "logits" in out:
                 probs.append(out["logits"].float().softmax(dim=1).cpu())
                 labels.append(batch["label"].cpu())
-            if "saliency_log" in out and "saliency" in batch:
-                pred = out["saliency_log"].float().exp().cpu().numpy()[:, 0]
-                for p, g in zip(pred, batch["saliency"].float().cpu().numpy()[:, 0]):
-                    sal["cc"].append(metrics.cc(p, g))
-                    sal["kld"].append(metrics.kld(p, g))
-                    sal["sim"].append(metrics.sim(p, g))
+            if "saliency_log" in out and "gaze_map" in batch:  # the test split's scoring, per image
+                scores = metrics.batch_saliency_scores(out["saliency_log"].float().exp(), batch["gaze_map"].float())
+                for key, values in sal.items():
+                    values += scores[key].tolist()
         if distributed.is_distributed():  # every rank computes the metrics of the whole set
             total, count = distributed.sum_across(total, count)
             merged = distributed.concat_across({"probs": probs, "labels": labels, **sal})
@@ -410,118 +357,3 @@ class Trainer:
 
         runfolder.atomic_write_text(self.stage_dir / "history.csv", pd.DataFrame(self.history).to_csv(index=False))
         runfolder.atomic_write_text(self.stage_dir / "history.json", json.dumps(self.history, indent=1))
-
-
-def early_stop(history: list[dict], patience: int) -> bool:
-    """The early-stopping rule: stop once ``patience`` epochs in a row brought no improvement of
-    the validation loss (``improved`` in each history row); ``patience`` 0 never stops."""
-    return bool(patience) and len(history) >= patience and not any(r.get("improved") for r in history[-patience:])
-
-
-def ended(history: list[dict]) -> bool:
-    """Whether a stage's history (``history.json``) records a finished fit: all its epochs, or an
-    early stop. An interrupted stage (crash, ``stop_after``) has not ended."""
-    return bool(history) and history[-1].get("end") in ("epochs", "early_stop")
-
-
-def epoch_line(row: dict, stage: str = "", epochs: int | None = None) -> str:
-    """One history row as one line: epoch, losses, the validation metrics present, seconds."""
-    keys = ("val_auc_macro", "val_accuracy", "val_cc", "val_kld", "val_sim", "val_nss")
-    metrics = "  ".join(f"{k.removeprefix('val_')} {row[k]:.3f}" for k in keys
-                        if isinstance(row.get(k), (int, float)) and np.isfinite(row[k]))
-    of = f"/{epochs}" if epochs else ""
-    mark = "  *best" if row.get("improved") else ""
-    return (f"{stage} epoch {row['epoch']}{of}: train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}"
-            f"  {metrics}  {row.get('seconds', float('nan')):.1f} s{mark}").replace("    ", "  ")
-
-
-def _progress(iterable, *, total, desc, enabled):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    # An iterator, not the DataLoader: tqdm.auto's bar calls iter() on what it gets once more,
-    # and every DataLoader iterator draws a seed from the loader's generator, so the bar alone
-    # changed the shuffled order (a notebook, with bars, trained otherwise than --no-progress).
-    return tqdm(iter(iterable), total=total, desc=desc, leave=False)
-
-
-def loader_workers(config, device: torch.device) -> int:
-    """DataLoader worker processes: ``config.num_workers``, else one per core (at most 8) on CUDA
-    and none elsewhere. On a CPU the model's own threads use every core, and reading a cached
-    sample takes well under a millisecond, so workers would only take cores from the model."""
-    from cxrlib.data.prepare import default_workers
-
-    if config.num_workers is not None:
-        if config.num_workers < 0:
-            raise ValueError(f"parameter 'num_workers' must be 0 or more, got {config.num_workers}")
-        return config.num_workers
-    return default_workers() if device.type == "cuda" else 0
-
-
-class EpochShuffle(torch.utils.data.Sampler):
-    """A random order of ``n`` indices that depends only on (seed, epoch); see Trainer._loader.
-
-    The draws are those of a per-epoch DataLoader with ``shuffle=True`` and a generator seeded
-    ``seed * 100003 + epoch`` (one draw for the worker seed, then the permutation), which the
-    trainer used before its loaders persisted, so earlier runs' orders are kept.
-    """
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        torch.empty((), dtype=torch.int64).random_(generator=generator)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
-
-
-@torch.no_grad()
-def precompute(fn: Callable, data: Dataset, *, batch_size: int, device, collate_fn=None, progress=True,
-               desc="features", keep_half: bool = False) -> dict:
-    """Run ``fn(batch) -> {name: tensor}`` once over ``data``; return the stacked CPU tensors.
-
-    Used for frozen-feature reuse: what frozen parts compute does not change between epochs.
-    Floating-point outputs become float32, except with ``keep_half``: outputs that ``fn``
-    produced in half precision (under autocast) are kept so, with the same values in half the
-    host memory. That suits features whose first use in the step casts them to the autocast
-    dtype anyway (stage 2's DenseNet features: upsampling, then a convolution).
-    """
-    device = torch.device(device)
-    # A private generator: a DataLoader without one draws its base seed from the global RNG,
-    # which would shift every later dropout mask (and break reuse/no-reuse equivalence).
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_fn,
-                        generator=torch.Generator().manual_seed(0), pin_memory=device.type == "cuda")
-    chunks: dict[str, list] = {}
-    for batch in _progress(loader, total=len(loader), desc=desc, enabled=progress):
-        out = fn(to_device(batch, device))
-        for k, v in out.items():
-            if v.is_floating_point() and not (keep_half and v.dtype in (torch.bfloat16, torch.float16)):
-                v = v.float()
-            chunks.setdefault(k, []).append(v.detach().cpu())
-    return {k: torch.cat(v) for k, v in chunks.items()}
-
-
-class CachedFeatures(Dataset):
-    """Precomputed tensors (row ``i`` of each), added to a data set's samples or (``base=None``)
-    standing alone."""
-
-    def __init__(self, base: Dataset | None, features: dict):
-        self.base, self.features = base, features
-        self.n = len(next(iter(features.values())))
-        if base is not None and len(base) != self.n:
-            raise ValueError(f"{len(base)} samples but {self.n} feature rows")
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> dict:
-        sample = {} if self.base is None else dict(self.base[index])
-        sample.update({k: v[index] for k, v in self.features.items()})
-        return sample

@@ -54,7 +54,7 @@ def show_comparison(data, index: int, final_model, *, method="gradcam", target_c
     sample = data[index]
     maps = comparison_maps(sample, final_model, encoder_model=encoder_model, baseline_model=baseline_model,
                            method=method, target_class=target_class)
-    fig = explain.draw_comparison(sample["image"], sample["saliency"], maps, method=method, alpha=alpha)
+    fig = explain.draw_comparison(sample["image"], sample["gaze_map"], maps, method=method, alpha=alpha)
     target = "predicted class" if target_class is None else CLASS_NAMES[target_class]
     fig.suptitle(f"#{index} {CLASS_NAMES[sample['label']]} ({sample['dicom_id'][:8]}); CAM target: {target}",
                  fontsize=9)
@@ -113,7 +113,7 @@ def qualitative_figure(data, indices, final_model, *, encoder_model=None, baseli
     images, rows, titles = [], [], []
     for i in indices:
         sample = data[i]
-        gt = sample["saliency"][0].numpy()
+        gt = sample["gaze_map"][0].numpy()
         row = {"original": None, "gaze (ground truth)": gt}
         maps = comparison_maps(sample, final_model, method="centre_bias")
         row[f"predicted  CC {M.cc(maps['predicted'], gt):.2f}"] = maps["predicted"]
@@ -152,12 +152,12 @@ def best_and_worst(data, pred: dict, *, metric: str = "cc"):
     from cxrlib.plots import saliency_grid
 
     score = {"cc": M.cc, "sim": M.sim}[metric]
-    scores = np.array([score(p, t) for p, t in zip(pred["saliency"], pred["target"])])
+    scores = np.array([score(p, t) for p, t in zip(pred["saliency"], pred["gaze_map"])])
     best, worst = int(np.argmax(scores)), int(np.argmin(scores))
     rows, images, titles = [], [], []
     for name, i in (("best", best), ("worst", worst)):
         images.append(data[i]["image"][0].numpy())
-        rows.append({"gaze (ground truth)": pred["target"][i], f"predicted  {metric.upper()} {scores[i]:.2f}":
+        rows.append({"gaze (ground truth)": pred["gaze_map"][i], f"predicted  {metric.upper()} {scores[i]:.2f}":
                      pred["saliency"][i]})
         titles.append(f"{name}: {CLASS_NAMES[int(pred['labels'][i])]}")
     return saliency_grid(images, rows, titles=titles), scores

@@ -43,8 +43,8 @@ def test_samples_have_the_documented_form(synthetic_root):
         s = ds[i]
         assert s["image"].shape == (1, *SIZE) and s["image"].dtype == torch.float32
         assert 0 <= s["image"].min() and s["image"].max() <= 1
-        assert s["saliency"].shape == (1, *SIZE) and (s["saliency"] >= 0).all()
-        assert s["saliency"].sum().item() == pytest.approx(1.0, abs=1e-4)
+        assert s["gaze_map"].shape == (1, *SIZE) and (s["gaze_map"] >= 0).all()
+        assert s["gaze_map"].sum().item() == pytest.approx(1.0, abs=1e-4)
         assert s["label"] in (0, 1, 2) and isinstance(s["dicom_id"], str) and len(s["dicom_id"]) == 44
         fx = s["fixations"]
         assert fx.ndim == 2 and fx.shape[1] == 2 and len(fx) > 0
@@ -66,18 +66,18 @@ def test_cache_serves_the_same_sample_and_keys_on_parameters(synthetic_root, tmp
     first = ds[0]
     assert len(list((tmp_path / "cache").glob("*/*.bin"))) == 1
     again = ds[0]
-    assert torch.equal(first["image"], again["image"]) and torch.equal(first["saliency"], again["saliency"])
+    assert torch.equal(first["image"], again["image"]) and torch.equal(first["gaze_map"], again["gaze_map"])
     other = dataset(synthetic_root, cache_dir=tmp_path / "cache", sigma_frac=0.05)[0]
     assert len(list((tmp_path / "cache").glob("*/*.bin"))) == 2
-    assert not torch.equal(other["saliency"], first["saliency"])
+    assert not torch.equal(other["gaze_map"], first["gaze_map"])
     uncached = dataset(synthetic_root)[0]
-    assert torch.allclose(uncached["image"], first["image"]) and torch.allclose(uncached["saliency"], first["saliency"])
+    assert torch.allclose(uncached["image"], first["image"]) and torch.allclose(uncached["gaze_map"], first["gaze_map"])
 
 
 def test_analytic_map_matches_native_blur(synthetic_root):
     for resize in ("pad_resize", "stride"):
-        fast = dataset(synthetic_root, resize=resize)[2]["saliency"][0].numpy()
-        slow = dataset(synthetic_root, resize=resize, map_method="native")[2]["saliency"][0].numpy()
+        fast = dataset(synthetic_root, resize=resize)[2]["gaze_map"][0].numpy()
+        slow = dataset(synthetic_root, resize=resize, map_method="native")[2]["gaze_map"][0].numpy()
         assert cc(fast, slow) > 0.98
 
 
@@ -136,7 +136,7 @@ def test_gaze_point_in_a_dicom_peaks_at_its_transformed_position(egd):
     for resize in ("pad_resize", "stride"):
         s = dataset(egd, resize=resize, ids=[dicom_id])[0]
         expected = Geometry.fit((h, w), SIZE, resize).apply_points(np.array([[x0, y0]]))[0]
-        for key in ("image", "saliency"):
+        for key in ("image", "gaze_map"):
             r, c = np.unravel_index(s[key][0].numpy().argmax(), SIZE)
             assert abs(c - expected[0]) <= 1.5 and abs(r - expected[1]) <= 1.5, (resize, key)
 
@@ -290,5 +290,5 @@ def test_damaged_cache_entry_is_recomputed(synthetic_root, tmp_path):
     (entry,) = list((tmp_path / "cache").glob("*/*.bin"))
     entry.write_bytes(entry.read_bytes()[:100])  # as if the writer was killed
     again = dataset(synthetic_root, cache_dir=tmp_path / "cache")[1]
-    assert torch.equal(first["image"], again["image"]) and torch.equal(first["saliency"], again["saliency"])
+    assert torch.equal(first["image"], again["image"]) and torch.equal(first["gaze_map"], again["gaze_map"])
     assert entry.stat().st_size > 100

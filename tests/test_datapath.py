@@ -18,7 +18,8 @@ from cxrlib.data import EGDDataset
 from cxrlib.data.cache import SampleCache
 from cxrlib.data.prepare import prepare_cache
 from cxrlib.synthetic import make_egd_like
-from cxrlib.train import Trainer, precompute
+from cxrlib.frozen_features import precompute
+from cxrlib.train import Trainer
 
 SIZE = (64, 64)
 
@@ -48,7 +49,7 @@ def test_full_size_jpeg2000_files_are_lossless_16_bit(tmp_path):
         assert np.array_equal(ds.pixel_array, twin.pixel_array)  # lossless
         assert path.stat().st_size < 0.8 * (plain / path.relative_to(j2k)).stat().st_size
     a, b = dataset(j2k, None), dataset(plain, None)
-    assert torch.equal(a[0]["image"], b[0]["image"]) and torch.equal(a[0]["saliency"], b[0]["saliency"])
+    assert torch.equal(a[0]["image"], b[0]["image"]) and torch.equal(a[0]["gaze_map"], b[0]["gaze_map"])
 
 
 @pytest.mark.parametrize("kwargs, name", [({"n_images": 0}, "n_images"), ({"n_images": -3}, "n_images"),
@@ -142,7 +143,7 @@ def test_flipped_bytes_and_a_damaged_header_are_rebuilt_with_a_counted_warning(r
         warnings.simplefilter("error")  # an intact entry is read without a word
         s2 = again[2]
     for old, new in zip(first, (s0, s1, s2)):
-        assert torch.equal(old["image"], new["image"]) and torch.equal(old["saliency"], new["saliency"])
+        assert torch.equal(old["image"], new["image"]) and torch.equal(old["gaze_map"], new["gaze_map"])
     assert again.cache.repaired == 2
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # rebuilt entries are good again
@@ -195,7 +196,7 @@ def test_an_interrupted_prepare_resumes_keeping_what_was_written(root, tmp_path,
         warnings.simplefilter("error")
         for i in range(len(again)):
             assert torch.equal(again[i]["image"], plain[i]["image"])
-            assert torch.equal(again[i]["saliency"], plain[i]["saliency"])
+            assert torch.equal(again[i]["gaze_map"], plain[i]["gaze_map"])
     assert prepare_cache([again], workers=2, progress=False)["built"] == 0
 
 
@@ -259,7 +260,7 @@ def test_half_precision_features_change_nothing_under_autocast():
         dense = model.densenet(x)
     results = []
     for dtype in (torch.float32, torch.bfloat16):
-        batch = {"image": x, "saliency": target, "dense_bottleneck": dense["bottleneck"].to(dtype),
+        batch = {"image": x, "gaze_map": target, "dense_bottleneck": dense["bottleneck"].to(dtype),
                  "dense_pooled": dense["pooled"].to(dtype)}
         model.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16):

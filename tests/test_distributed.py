@@ -17,7 +17,8 @@ from torch import nn
 from cxrlib import distributed, losses, stages, steps
 from cxrlib.config import make_config
 from cxrlib.data import collate
-from cxrlib.train import BEST, LAST, Trainer, load_checkpoint
+from cxrlib.checkpoints import BEST, LAST, load_checkpoint
+from cxrlib.train import Trainer
 
 WORLD = 2
 

@@ -13,7 +13,7 @@ def hand_case():
     one_hot = np.eye(4).reshape(4, 2, 2)  # (N, 2, 2) maps, all mass on one pixel
     target = one_hot.copy()
     saliency = one_hot[[0, 1, 3, 2]]  # images 0, 1 exact; images 2, 3 on another pixel
-    return {"probs": probs, "labels": labels, "target": target, "saliency": saliency,
+    return {"probs": probs, "labels": labels, "gaze_map": target, "saliency": saliency,
             "fixations": [np.array([[i % 2, i // 2]], dtype=float) for i in range(4)],  # (x, y) on the target
             "dicom_id": ["a", "b", "c", "d"]}
 

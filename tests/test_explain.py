@@ -49,7 +49,7 @@ def _samples(n=5, size=64):
     for i in range(n):
         sal = torch.rand(1, size, size, generator=g)
         n_fix = 0 if i == n - 1 else 6  # the last sample has no fixations
-        out.append({"image": torch.rand(1, size, size, generator=g), "saliency": sal / sal.sum(),
+        out.append({"image": torch.rand(1, size, size, generator=g), "gaze_map": sal / sal.sum(),
                     "fixations": torch.rand(n_fix, 2, generator=g) * (size - 1),
                     "label": i % 3, "dicom_id": f"dcm{i}"})
     return out

@@ -20,7 +20,8 @@ from cxrlib import evaluate, metrics, stages, steps
 from cxrlib import synthetic_anatomy as anatomy
 from cxrlib.config import make_config
 from cxrlib.data.dicom import load_image, read_dicom
-from cxrlib.train import Trainer, set_modes
+from cxrlib.model import set_modes
+from cxrlib.train import Trainer
 
 
 # -- input intensity: the code's raw pixel_array, zero pad, stride, divide by max ---------------
@@ -217,7 +218,7 @@ def test_evaluation_records_its_split_and_the_comparison_reads_it():
     labels = np.arange(12) % 3
     probs = rng.dirichlet(np.ones(3), 12)
     target = rng.random((12, 8, 8)) + 0.1
-    pred = {"probs": probs, "labels": labels, "saliency": target[::-1].copy(), "target": target,
+    pred = {"probs": probs, "labels": labels, "saliency": target[::-1].copy(), "gaze_map": target,
             "fixations": [np.array([[3.0, 4.0]])] * 12}
     result = evaluate.evaluate_predictions(pred, n_boot=20, eval_split="val", kld_eps=0.0)
     assert result["eval_split"] == "val" and "OPTIMISTIC" in result["split"]

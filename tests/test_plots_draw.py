@@ -23,7 +23,7 @@ def close_figures():
 def sample(label):
     image = torch.rand(1, 32, 32)
     gaze = torch.rand(1, 32, 32)
-    return {"image": image, "saliency": gaze / gaze.sum(), "label": label, "dicom_id": f"id{label}-0000",
+    return {"image": image, "gaze_map": gaze / gaze.sum(), "label": label, "dicom_id": f"id{label}-0000",
             "fixations": torch.tensor([[4.0, 5.0], [20.0, 10.0], [16.0, 16.0]])}
 
 

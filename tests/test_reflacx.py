@@ -49,8 +49,8 @@ def test_samples_have_the_egd_form_plus_reader_and_reading(reflacx_root):
     for i in range(len(ds)):
         s = ds[i]
         assert s["image"].shape == (1, *SIZE) and 0 <= s["image"].min() and s["image"].max() <= 1
-        assert s["saliency"].shape == (1, *SIZE) and (s["saliency"] >= 0).all()
-        assert s["saliency"].sum().item() == pytest.approx(1.0, abs=1e-4)
+        assert s["gaze_map"].shape == (1, *SIZE) and (s["gaze_map"] >= 0).all()
+        assert s["gaze_map"].sum().item() == pytest.approx(1.0, abs=1e-4)
         assert s["label"] == -1 and len(s["dicom_id"]) == 44 and s["patient_id"].isdigit()
         assert s["reading_id"].startswith(f"P{meta.set_index('id').loc[s['reading_id'], 'phase']}{s['reader_id']}R")
         fx = s["fixations"]
@@ -74,7 +74,7 @@ def test_cache_serves_the_same_sample(reflacx_root, tmp_path):
     ds = dataset(reflacx_root, cache_dir=tmp_path / "cache")
     first, again = ds[1], ds[1]
     assert len(list((tmp_path / "cache").glob("*/*.bin"))) == 1
-    assert torch.equal(first["saliency"], again["saliency"]) and first["reader_id"] == again["reader_id"]
+    assert torch.equal(first["gaze_map"], again["gaze_map"]) and first["reader_id"] == again["reader_id"]
 
 
 def test_jpg_images_are_accepted(reflacx):

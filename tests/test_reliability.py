@@ -241,11 +241,11 @@ def test_damaged_cache_entry_is_named_and_rebuilt(egd, tmp_path):
     good = ds[1]
     key = ds._keys[1]
     arrays = dict(ds.cache.get(key))
-    arrays["saliency"] = arrays["saliency"] * 3  # a map that no longer sums to 1
+    arrays["gaze_map"] = arrays["gaze_map"] * 3  # a map that no longer sums to 1
     ds.cache.put(key, arrays)
     with pytest.warns(UserWarning, match=f"cached sample of dicom_id {good['dicom_id']} is damaged"):
         again = ds[1]
-    assert torch.equal(again["saliency"], good["saliency"]) and torch.equal(again["image"], good["image"])
+    assert torch.equal(again["gaze_map"], good["gaze_map"]) and torch.equal(again["image"], good["image"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ds[1]  # the rebuilt entry is served silently

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from cxrlib import report
-from cxrlib.train import epoch_line
+from cxrlib.history import epoch_line
 
 
 def history(train, val, cc):

@@ -7,7 +7,7 @@ import torch
 
 from cxrlib import stages
 from cxrlib.config import make_config
-from cxrlib.train import BEST, LAST, load_checkpoint
+from cxrlib.checkpoints import BEST, LAST, load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,8 @@ def _constant_loss(model, batch, extra=None):
                                                          (3, 6, 4, "early_stop"), (5, 3, 3, "epochs")])
 def test_early_stopping_and_the_recorded_end(tmp_path, patience, epochs, ran, end):
     from cxrlib.equal_stages import stage_complete
-    from cxrlib.train import Trainer, early_stop
+    from cxrlib.history import early_stop
+    from cxrlib.train import Trainer
 
     cfg = make_config("stage1b", "smoke", run_dir=str(tmp_path), epochs=epochs, early_stopping=patience)
     samples = [{"x": torch.ones(1), "label": torch.tensor(0)} for _ in range(4)]

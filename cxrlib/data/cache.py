@@ -27,7 +27,7 @@ import numpy as np
 
 from cxrlib.runfolder import process_alive
 
-CACHE_VERSION = 2  # bump when the preprocessing code or the entry format changes
+CACHE_VERSION = 3  # bump when the preprocessing code or the entry format changes
 FINGERPRINT_BLOCK = 64 * 1024
 
 

@@ -94,7 +94,7 @@ def resolve_image_path(image_root, relative: str) -> Path:
 class EGDDataset(Dataset):
     """Images, gaze-saliency maps, fixations and labels of EGD-CXR.
 
-    ``ds[i]`` is a dict: ``image`` (1, H, W) float32 in [0, 1]; ``saliency`` (1, H, W) float32,
+    ``ds[i]`` is a dict: ``image`` (1, H, W) float32 in [0, 1]; ``gaze_map`` (1, H, W) float32,
     non-negative, sums to 1; ``fixations`` (N, 2) float32 output-pixel (x, y) of the fixations
     on the image; ``label`` int (0 Normal, 1 CHF, 2 Pneumonia); ``dicom_id``; ``patient_id``;
     ``gaze_dropped`` how many gaze points fell off the image. Use :func:`collate` in DataLoaders.
@@ -197,11 +197,11 @@ class EGDDataset(Dataset):
         native_shape = geometry.native
         sigma_px = resolve_sigma(native_shape, self.sigma, self.sigma_frac)
         make_map = gaze_map if self.map_method == "analytic" else gaze_map_native
-        saliency, dropped = make_map(self.gaze[dicom_id], geometry, sigma_px, dicom_id=dicom_id)
+        gaze, dropped = make_map(self.gaze[dicom_id], geometry, sigma_px, dicom_id=dicom_id)
         fixations, _ = self.fixation_points.get(dicom_id, GazePoints(np.zeros((0, 2)), np.zeros(0))).inside(native_shape)
         return {
             "image": np.round(np.clip(image, 0, 1) * 65535).astype(np.uint16),  # 16 bits: lossless for 12-16 bit data
-            "saliency": saliency,
+            "gaze_map": gaze,
             "fixations": geometry.apply_points(fixations.xy),
             "gaze_dropped": np.int64(dropped),
             "native_shape": np.asarray(native_shape, dtype=np.int64),
@@ -238,17 +238,17 @@ class EGDDataset(Dataset):
     def _entry_problem(self, arrays: dict) -> str | None:
         """What is wrong with a sample's arrays (a damaged cache entry), or None. Cheap: it runs
         on every read, so the damage is named with its sample instead of failing in a batch."""
-        missing = [k for k in ("image", "saliency", "fixations", "gaze_dropped", "native_shape") if k not in arrays]
+        missing = [k for k in ("image", "gaze_map", "fixations", "gaze_dropped", "native_shape") if k not in arrays]
         if missing:
             return f"no {missing[0]!r} array"
-        image, saliency = arrays["image"], arrays["saliency"]
+        image, gaze = arrays["image"], arrays["gaze_map"]
         if image.shape != self.image_size or image.dtype != np.uint16:
             return f"image of {image.dtype} {image.shape}, expected uint16 {self.image_size}"
-        if saliency.shape != self.image_size or saliency.dtype != np.float32:
-            return f"gaze map of {saliency.dtype} {saliency.shape}, expected float32 {self.image_size}"
-        total = float(saliency.sum(dtype=np.float64))
-        if not (abs(total - 1.0) < 1e-3 and saliency.min() >= 0):
-            return f"the gaze map sums to {total:.6g} (min {float(saliency.min()):.3g}), not 1 with no negative value"
+        if gaze.shape != self.image_size or gaze.dtype != np.float32:
+            return f"gaze map of {gaze.dtype} {gaze.shape}, expected float32 {self.image_size}"
+        total = float(gaze.sum(dtype=np.float64))
+        if not (abs(total - 1.0) < 1e-3 and gaze.min() >= 0):
+            return f"the gaze map sums to {total:.6g} (min {float(gaze.min()):.3g}), not 1 with no negative value"
         return None
 
     def __getitem__(self, index: int) -> dict:
@@ -258,7 +258,7 @@ class EGDDataset(Dataset):
         arrays = self.load(index)
         return {
             "image": torch.from_numpy(arrays["image"].astype(np.float32) / 65535.0)[None],
-            "saliency": torch.from_numpy(arrays["saliency"].copy())[None],
+            "gaze_map": torch.from_numpy(arrays["gaze_map"].copy())[None],
             "fixations": torch.from_numpy(arrays["fixations"].copy()),
             "label": int(self.sheet["label"].iloc[index]),
             "dicom_id": dicom_id,
@@ -267,7 +267,7 @@ class EGDDataset(Dataset):
             "native_shape": tuple(int(v) for v in arrays["native_shape"]),
         }
 
-    def saliency_for(self, index: int, *, sigma=None, sigma_frac=None) -> np.ndarray:
+    def gaze_map_for(self, index: int, *, sigma=None, sigma_frac=None) -> np.ndarray:
         """The (H, W) gaze map of one image with another sigma (not cached), e.g. to compare."""
         dicom_id = self.sheet["dicom_id"].iloc[index]
         native = read_image(self.image_paths[index], voi_lut=self.voi_lut)

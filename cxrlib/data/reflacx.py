@@ -204,7 +204,7 @@ class REFLACXDataset(Dataset):
     """REFLACX readings: images, gaze maps (REFLACX convention), fixations, ids.
 
     ``ds[i]`` is a dict like ``EGDDataset``'s: ``image`` (1, H, W) float32 in [0, 1];
-    ``saliency`` (1, H, W) float32 summing to 1; ``fixations`` (N, 2) output-pixel (x, y) of the
+    ``gaze_map`` (1, H, W) float32 summing to 1; ``fixations`` (N, 2) output-pixel (x, y) of the
     fixations on the image; ``label`` (-1 unless ``label_mapping`` places the reading);
     ``dicom_id``; ``patient_id`` (MIMIC ``subject_id``); ``gaze_dropped``; ``native_shape``;
     and ``reader_id`` and ``reading_id``. One sample per reading, so an image read by several
@@ -276,11 +276,11 @@ class REFLACXDataset(Dataset):
                              f"land in the wrong place")
         geometry = Geometry.fit(native.shape, self.image_size, self.resize)
         points = self.fixations[index]
-        saliency, dropped = gaze_map(points, geometry, None, dicom_id=f"{row['dicom_id']} (reading {row['id']})",
-                                     convention="reflacx")
+        gaze, dropped = gaze_map(points, geometry, None, dicom_id=f"{row['dicom_id']} (reading {row['id']})",
+                                 convention="reflacx")
         inside, _ = points.inside(native.shape)
         return {"image": np.round(np.clip(geometry.apply_image(native), 0, 1) * 65535).astype(np.uint16),
-                "saliency": saliency, "fixations": geometry.apply_points(inside.xy),
+                "gaze_map": gaze, "fixations": geometry.apply_points(inside.xy),
                 "gaze_dropped": np.int64(dropped), "native_shape": np.asarray(native.shape, dtype=np.int64)}
 
     def __getitem__(self, index: int) -> dict:
@@ -298,7 +298,7 @@ class REFLACXDataset(Dataset):
         row = self.meta.iloc[index]
         return {
             "image": torch.from_numpy(arrays["image"].astype(np.float32) / 65535.0)[None],
-            "saliency": torch.from_numpy(arrays["saliency"].copy())[None],
+            "gaze_map": torch.from_numpy(arrays["gaze_map"].copy())[None],
             "fixations": torch.from_numpy(arrays["fixations"].copy()),
             "label": int(row["label"]),
             "dicom_id": row["dicom_id"],
