@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from cxrlib.config import PROFILES, make_config, repository_root
+from cxrlib.config import PROFILES, repository_root
 from cxrlib.run import NOTEBOOK_STAGES
 from cxrlib.stages import TRAINABLE_STAGES  # stages that write <stage>/best.pt and last.pt
 

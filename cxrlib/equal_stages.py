@@ -15,7 +15,6 @@ import json
 import os
 from pathlib import Path
 
-from cxrlib import stages
 from cxrlib.checkpoints import init_path
 from cxrlib.config import NOT_WEIGHT_FIELDS as _NOT_WEIGHTS  # equal stages may differ in these
 from cxrlib.checkpoints import BEST

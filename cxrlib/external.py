@@ -127,7 +127,7 @@ def model_table(model, data, config, *, progress: bool = True) -> tuple[pd.DataF
     return pd.concat(tables, ignore_index=True), pred
 
 
-def summarise(table: pd.DataFrame, *, min_readers: int = 2, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def summary_table(table: pd.DataFrame, *, min_readers: int = 2, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Mean and 95 % CI per map, subset and metric: readings averaged per image, bootstrap over images.
 
     The model and the centre bias are summarised over all readings and over the readings of

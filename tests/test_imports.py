@@ -84,8 +84,10 @@ def test_no_import_cycle_among_cxrlib_modules():
 def test_low_modules_stay_light():
     """The configs, the variants and the repository path import no torch and nothing above them."""
     known = modules()
-    leaves = {"cxrlib.paths", "cxrlib.variants", "cxrlib.runfolder", "cxrlib.validation"}
-    for name, allowed in [(leaf, set()) for leaf in sorted(leaves)] + [("cxrlib.config", leaves | {"cxrlib.data.geometry"})]:
+    leaves = {"cxrlib.paths", "cxrlib.variants", "cxrlib.runfolder", "cxrlib.validation", "cxrlib.profiles"}
+    configs = {"cxrlib.stage_configs": {"cxrlib.runfolder", "cxrlib.variants"},
+               "cxrlib.config": leaves | {"cxrlib.stage_configs", "cxrlib.data.geometry"}}
+    for name, allowed in [(leaf, set()) for leaf in sorted(leaves)] + list(configs.items()):
         assert imports_of(name, known[name], known) <= allowed, name
         source = known[name].read_text()
         assert "import torch" not in source and "from torch" not in source, name

@@ -109,7 +109,7 @@ def test_centre_bias_map():
     np.testing.assert_allclose(m, m[::-1, ::-1])
 
 
-def test_saliency_scores_batch_and_summary():
+def test_saliency_scores_per_image_over_a_batch():
     preds, gts = RNG.random((3, 1, 6, 5)), RNG.random((3, 1, 6, 5))
     fix = [(RNG.random((6, 5)) > 0.7).astype(int) for _ in range(2)] + [None]
     one = M.saliency_scores(preds[0, 0], gts[0, 0], fix[0])
@@ -118,11 +118,6 @@ def test_saliency_scores_batch_and_summary():
     assert df.shape == (3, 5) and np.isnan(df.loc[2, "nss"])
     assert df.loc[0].to_dict() == pytest.approx(one)
     assert list(M.batch_saliency_scores(preds, gts).columns) == ["cc", "kld", "sim"]
-    summary = M.summarise(df)
-    assert summary["cc"]["mean"] == pytest.approx(df["cc"].mean())
-    assert summary["nss"]["n"] == 2
-    s = M.summarise(np.array([1.0, 2.0, 3.0]))["value"]
-    assert (s["mean"], s["std"], s["n"]) == (2.0, 1.0, 3)
 
 
 # --------------------------------------------------------------------------- classification

@@ -90,7 +90,7 @@ PROMISED_EQUATIONS = {
     "07": ("bootstrap", "paired t-test"),
 }
 DIAGRAM_STAGES = {"02": "stage1a", "03": "stage1b", "04": "stage2", "05": "stage3"}
-TRAINING_CALLS = re.compile(r"\b(run_stage|test_report|explain\.scoreboard|results\.summarise)\(")
+TRAINING_CALLS = re.compile(r"\b(run_stage|test_report|explain\.scoreboard|results\.compare_variants)\(")
 MATH = re.compile(r"\$\$.+?\$\$|\$[^$\n]+\$", re.S)
 MIN_WORDS = 400
 

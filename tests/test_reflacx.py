@@ -234,7 +234,7 @@ def test_identical_readers_reach_the_top_of_the_ceiling(reflacx):
     assert (same["kld"].abs() < 1e-4).all()
     others = table[table["dicom_id"] != dicom_id]
     assert len(others) and (others["cc"] < 0.99).all()
-    summary = external.summarise(table, n_boot=50)
+    summary = external.summary_table(table, n_boot=50)
     row = summary[(summary["metric"] == "cc")].iloc[0]
     assert row["n_images"] == table["dicom_id"].nunique() and row["ci_low"] <= row["mean"] <= row["ci_high"]
 
