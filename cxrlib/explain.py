@@ -22,9 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM
-from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
-from pytorch_grad_cam.utils.model_targets import (ClassifierOutputSoftmaxTarget,
-                                                  ClassifierOutputTarget)
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from cxrlib import metrics as M
@@ -33,7 +31,7 @@ from cxrlib.evaluate import SALIENCY_KEYS, saliency_table
 
 __all__ = ["CAM_METHODS", "LogitsOnly", "cam_maps", "predicted_saliency",
            "standard_methods", "scoreboard", "compare_methods", "scoreboard_figure",
-           "faithfulness", "draw_comparison", "same_densenet"]
+           "draw_comparison", "same_densenet", "inference_state", "class_targets"]
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM,
                "layercam": LayerCAM, "eigencam": EigenCAM, "scorecam": ScoreCAM}
@@ -58,7 +56,7 @@ class LogitsOnly(nn.Module):
 
 
 @contextmanager
-def _inference_state(model: nn.Module):
+def inference_state(model: nn.Module):
     """Eval mode and frozen parameters inside; on exit every module's train/eval flag and every
     parameter's ``requires_grad`` and ``.grad`` are put back as they were.
 
@@ -96,7 +94,7 @@ def _as_distributions(maps: np.ndarray) -> tuple[np.ndarray, int]:
     return maps / totals[:, None, None], int(empty.sum())
 
 
-def _targets(target_classes, batch: int):
+def class_targets(target_classes, batch: int):
     if target_classes is None:
         return None
     scalar = np.ndim(target_classes) == 0
@@ -124,9 +122,9 @@ def cam_maps(model: nn.Module, images: torch.Tensor, *, method: str = "gradcam",
         raise ValueError(f"unknown CAM method {method!r}; valid: {', '.join(CAM_METHODS)}")
     layers = list(target_layers if target_layers is not None else model.cam_target_layers)
     x = images.detach().to(next(model.parameters()).device, torch.float32).requires_grad_(True)
-    classes = _targets(target_classes, len(x))
+    classes = class_targets(target_classes, len(x))
     targets = None if classes is None else [ClassifierOutputTarget(c) for c in classes]
-    with _inference_state(model), torch.enable_grad():
+    with inference_state(model), torch.enable_grad():
         with CAM_METHODS[method](model=LogitsOnly(model), target_layers=layers) as cam:
             raw = cam(input_tensor=x, targets=targets)  # (B, H, W) in [0, 1]
     maps, n_empty = _as_distributions(raw)
@@ -142,7 +140,7 @@ def predicted_saliency(model: nn.Module, images: torch.Tensor) -> np.ndarray:
 
     Renormalised in float64: the float32 log-softmax sums to 1 only to about 1e-6.
     """
-    with _inference_state(model):
+    with inference_state(model):
         log_p = model(images.to(next(model.parameters()).device, torch.float32))["saliency_log"]
     p = log_p[:, 0].double().exp().cpu().numpy()
     return p / p.sum(axis=(1, 2), keepdims=True)
@@ -272,61 +270,6 @@ def scoreboard_figure(df: pd.DataFrame):
         ax.set_ylabel("")
     fig.tight_layout()
     return fig
-
-
-def _rank_map(cam: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Ranks in [0, 1] with ties broken at random, so a percentile removes exactly that share of
-    pixels even where a CAM is flat (ReLU leaves large zero regions)."""
-    flat = cam.ravel()
-    order = np.lexsort((rng.random(flat.size), flat))
-    ranks = np.empty(flat.size)
-    ranks[order] = np.arange(flat.size) / max(flat.size - 1, 1)
-    return ranks.reshape(cam.shape).astype(np.float32)
-
-
-def faithfulness(model: nn.Module, images: torch.Tensor, cams: np.ndarray, *,
-                 percentiles: Sequence[float] = (10, 30, 50, 70, 90), target_classes=None,
-                 seed: int = 0) -> pd.DataFrame:
-    """ROAD faithfulness of CAMs (Rong et al. 2022, "A Consistent and Efficient Evaluation
-    Strategy for Attribution Methods", ICML; after Hooker et al. 2019's remove-and-retrain idea).
-
-    For each percentage k of ``percentiles`` the k% most (and, separately, least) relevant pixels
-    of each (H, W) map in ``cams`` are replaced by ROAD's noisy linear imputation from their
-    neighbours (the package's ``ROADMostRelevantFirst`` / ``ROADLeastRelevantFirst``, which work on
-    1-channel inputs: a sparse solve per image, milliseconds at 64 x 64) and the softmax
-    probability of the target class (default: the predicted class) is measured again. Rows per
-    image and k: ``prob`` before, ``drop_most``, ``drop_least`` (prob - prob after) and
-    ``road = (drop_most - drop_least) / 2``, whose mean over k is the package's ``ROADCombined``
-    score: higher means a more faithful map. Ties in a map are broken at random (``seed``, also
-    seeding the imputation noise) so exactly k% of the pixels go.
-    """
-    if not all(0 < k < 100 for k in percentiles):
-        raise ValueError(f"percentiles must lie strictly between 0 and 100, got {percentiles}")
-    wrapped = LogitsOnly(model)
-    x = images.detach().to(next(model.parameters()).device, torch.float32)
-    rng = np.random.default_rng(seed)
-    ranks = np.stack([_rank_map(np.asarray(c, dtype=np.float64), rng) for c in cams])  # (B, H, W)
-    with _inference_state(model), torch.no_grad(), torch.random.fork_rng(devices=[]), \
-            warnings.catch_warnings():
-        # the package's imputer passes torch tensors to NumPy (a NumPy 2 deprecation, harmless)
-        warnings.filterwarnings("ignore", "__array_wrap__", DeprecationWarning)
-        torch.manual_seed(seed)
-        probs = torch.softmax(wrapped(x), dim=1)  # (B, C)
-        classes = _targets(target_classes, len(x)) or probs.argmax(1).tolist()
-        targets = [ClassifierOutputSoftmaxTarget(c) for c in classes]
-        before = probs[torch.arange(len(x)), classes].cpu().numpy()
-        rows = []
-        for k in percentiles:
-            # The package's percentile p keeps the pixels below it: it removes (100 - p)%.
-            after = {name: metric(percentile=100 - k)(x, ranks, targets, wrapped, return_diff=False)
-                     for name, metric in (("most", ROADMostRelevantFirst),
-                                          ("least", ROADLeastRelevantFirst))}
-            for i in range(len(x)):
-                most, least = before[i] - after["most"][i], before[i] - after["least"][i]
-                rows.append({"image": i, "target": classes[i], "removed_pct": k,
-                             "prob": float(before[i]), "drop_most": float(most),
-                             "drop_least": float(least), "road": float((most - least) / 2)})
-    return pd.DataFrame(rows)
 
 
 def draw_comparison(sample_image, gt, maps: dict[str, np.ndarray], *, method: str,

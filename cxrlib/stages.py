@@ -21,7 +21,6 @@ gives the splits, :func:`load_stage_model` a stage's best weights, :func:`predic
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
@@ -30,75 +29,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrlib import distributed, runfolder
-from cxrlib.checkpoints import init_path, load_weights, resolve_init
+from cxrlib import distributed
+from cxrlib.checkpoints import BEST, init_path, load_init, load_weights, resolve_init, warn_missing_init
 from cxrlib.config import (ContrastiveConfig, DataConfig, EncoderConfig, ExplainConfig, ExternalConfig, FusionConfig,
                            JointConfig, ResultsConfig, SaliencyConfig, load_config, make_config)
-from cxrlib.data import EGDDataset, collate, load_or_make_splits, read_master_sheet, split_ids
-from cxrlib.data.prepare import prepare_cache
+from cxrlib.data import collate
+# the notebooks call stages.prepare_data: the data side of a stage, one package down
+from cxrlib.data.bundle import DataBundle, dataset_kwargs, ensure_data, prepare_data  # noqa: F401
 from cxrlib.model import build_model
 from cxrlib.runtime import default_device, seed_everything
 from cxrlib.steps import (ce_step, contrastive_extra, contrastive_step, fusion_step, joint_extra, joint_step,
                           saliency_step, with_frozen_densenet, with_fused_features)
-from cxrlib.checkpoints import BEST, load_init, warn_missing_init
 from cxrlib.frozen_features import precompute
 from cxrlib.train import Trainer
-
-
-@dataclass
-class DataBundle:
-    train: EGDDataset
-    val: EGDDataset
-    test: EGDDataset
-    splits: object  # DataFrame: dicom_id, patient_id, label, split
-    egd_root: Path
-    image_root: Path
-    prepared: dict | None = None  # what building the sample cache did (cxrlib.data.prepare)
-
-
-def ensure_data(config, *, progress: bool = True) -> tuple[Path, Path]:
-    """The EGD folder to read: the user's, or the synthetic set (written once per run folder)."""
-    if config.egd_root is not None:
-        root = Path(config.egd_root).expanduser()
-        if not (root / "master_sheet.csv").is_file():
-            raise FileNotFoundError(f"egd_root={root} has no master_sheet.csv; point it at the EGD-CXR "
-                                    f"folder (egd-cxr/1.0.0) or leave it None for the synthetic data")
-        return root, Path(config.image_root).expanduser()
-    from cxrlib.synthetic import make_egd_like
-
-    root = Path(config.run_dir) / "synthetic"
-    marker = root / "synthetic.json"
-    wanted = {"n_images": config.synthetic_images, "seed": config.data_seed,
-              "difficulty": config.synthetic_difficulty}
-    if not (marker.is_file() and json.loads(marker.read_text()) == wanted):
-        make_egd_like(root, n_images=config.synthetic_images, seed=config.data_seed, overwrite=True,
-                      progress=progress, difficulty=config.synthetic_difficulty)
-        marker.write_text(json.dumps(wanted))
-    return root, root
-
-
-def dataset_kwargs(config, image_size=None) -> dict:
-    return {"image_size": image_size or config.image_size, "gaze_source": config.gaze_source,
-            "sigma": config.sigma, "sigma_frac": config.sigma_frac, "weighting": config.weighting,
-            "resize": config.resize, "cache_dir": Path(config.run_dir) / "cache",
-            "intensity": config.intensity, "modality_lut": config.modality_lut}
-
-
-def prepare_data(config, *, progress: bool = True) -> DataBundle:
-    """Data sets of the three splits; the split is made once and kept in ``run_dir/splits.csv``.
-
-    Under torchrun rank 0 writes the synthetic data and the split first; the others then read them.
-    """
-    with distributed.main_first(), runfolder.data_lock(config.run_dir):  # one writer of the data at a time
-        egd_root, image_root = ensure_data(config, progress=progress and distributed.is_main())
-        sheet = read_master_sheet(egd_root / "master_sheet.csv")
-        splits = load_or_make_splits(Path(config.run_dir) / "splits.csv", sheet, seed=config.data_seed)
-    kwargs = dataset_kwargs(config)
-    sets = {name: EGDDataset(egd_root, image_root, ids=split_ids(splits, name), **kwargs)
-            for name in ("train", "val", "test")}
-    with distributed.main_first():  # the first pass decodes every image, in parallel, once
-        prepared = prepare_cache(sets.values(), workers=config.num_workers, progress=progress and distributed.is_main())
-    return DataBundle(sets["train"], sets["val"], sets["test"], splits, egd_root, image_root, prepared)
 
 
 def checkpoint_path(config, stage: str | None = None) -> Path:

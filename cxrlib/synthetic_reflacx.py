@@ -5,7 +5,7 @@
 fixations.csv`` per reading, with the MIMIC-CXR-style DICOMs under ``files/pXX/...`` in the same
 folder, so the folder is both ``reflacx_root`` and ``image_root``. The images come from the
 anatomy generator of the synthetic EGD set and each reading from its reading simulator
-(``cxrlib.synthetic.simulate_reading``), called once per radiologist with that radiologist's
+(``cxrlib.synthetic_reading.simulate_reading``), called once per radiologist with that radiologist's
 habits (reading time, how often they zoom).
 
 What REFLACX has and this set imitates:
@@ -30,7 +30,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cxrlib import synthetic_anatomy as anatomy
-from cxrlib.synthetic import _hex_id, _uid, display_fit, simulate_reading, write_dicom
+from cxrlib.synthetic import _hex_id, _uid, write_dicom
+from cxrlib.synthetic_reading import display_fit, simulate_reading
 
 SCREEN_PPD = 40.0  # screen pixels per degree: a 1920-px-wide display about 65 cm from the eyes
 FINDINGS = ("Enlarged cardiac silhouette", "Pulmonary edema", "Consolidation", "Atelectasis",

@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from cxrlib import explain as E  # noqa: E402
+from cxrlib import road  # noqa: E402
 from cxrlib.metrics import centre_bias_map  # noqa: E402
 from cxrlib.model import DenseNetClassifier, DualEncoderMTUNet, MTUNet  # noqa: E402
 
@@ -111,7 +112,7 @@ def test_no_hooks_left_and_state_restored(dual, images):
     for method in ("gradcam", "eigencam", "gradcam", "layercam", "hirescam"):
         E.cam_maps(dual, images, method=method)
         assert _hook_count(dual) == before
-    E.faithfulness(dual, images, E.predicted_saliency(dual, images), percentiles=(50,))
+    road.faithfulness(dual, images, E.predicted_saliency(dual, images), percentiles=(50,))
     assert _hook_count(dual) == before == 0
     assert [m.training for m in dual.modules()] == modes
     assert [p.requires_grad for p in dual.parameters()] == flags
@@ -200,19 +201,19 @@ def test_figures(board, images):
 
 def test_faithfulness(densenet, images):
     cams = E.cam_maps(densenet, images)
-    df = E.faithfulness(densenet, images, cams, percentiles=(10, 50, 90))
+    df = road.faithfulness(densenet, images, cams, percentiles=(10, 50, 90))
     assert len(df) == 2 * 3
     columns = {"image", "target", "removed_pct", "prob", "drop_most", "drop_least", "road"}
     assert columns <= set(df.columns)
     assert np.isfinite(df[["prob", "drop_most", "drop_least", "road"]].to_numpy()).all()
-    again = E.faithfulness(densenet, images, cams, percentiles=(10, 50, 90))
+    again = road.faithfulness(densenet, images, cams, percentiles=(10, 50, 90))
     np.testing.assert_allclose(df["road"], again["road"])  # seeded imputation noise
 
 
 def test_rank_map_removes_exact_share():
     cam = np.zeros((10, 10))
     cam[:2] = 1.0  # large tie at zero, as after a CAM's ReLU
-    ranks = E._rank_map(cam, np.random.default_rng(0))
+    ranks = road._rank_map(cam, np.random.default_rng(0))
     assert len(np.unique(ranks)) == 100
     assert (ranks[:2] > ranks[2:].max()).all()  # order kept between distinct values
     threshold = np.percentile(ranks, 70)  # the package's percentile 70: keeps values below
