@@ -64,6 +64,8 @@ def saliency_table(pred_maps, target_maps, fixations, *, kld_eps: float = metric
 def _with_ci(table, *, n_boot: int, seed: int) -> dict:
     out = {}
     for key in SALIENCY_KEYS:
+        if key not in table:  # NSS and AUC-Judd need fixations: without any, there are none
+            continue
         values = table[key].to_numpy(dtype=float)
         values = values[np.isfinite(values)]
         if not len(values):

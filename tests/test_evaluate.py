@@ -37,3 +37,12 @@ def test_saliency_numbers():
     assert s["nss"] > 0 and set(s) >= {"kld", "nss", "auc_judd"}
     assert s["cc_ci"][0] <= s["cc"] <= s["cc_ci"][1]
     assert result["baseline_centre"]["n_images"] == 4
+
+
+def test_images_without_fixations_leave_out_the_fixation_metrics():
+    case = hand_case()
+    case["fixations"] = [np.zeros((0, 2)) for _ in range(4)]  # e.g. a gaze file with no fixations.csv
+    result = evaluate_predictions(case, n_boot=50)
+    for group in ("saliency", "baseline_centre"):
+        assert "cc" in result[group] and "nss" not in result[group] and "auc_judd" not in result[group]
+    assert result["saliency"]["cc"] == pytest.approx(evaluate_predictions(hand_case(), n_boot=50)["saliency"]["cc"])
