@@ -21,7 +21,7 @@ import torch
 
 from cxrlib.bench import _device_name, _PeakMemory, _sync
 from cxrlib.config import make_config
-from cxrlib.runtime import default_device
+from cxrlib.runtime import config_device
 from cxrlib.stages import TRAINABLE_STAGES
 
 __all__ = ["benchmark_stage", "format_stage_rows", "EGD_TRAIN_IMAGES", "EGD_VAL_IMAGES"]
@@ -65,7 +65,7 @@ def benchmark_stage(stage: str, profile: str = "paper", *, steps: int = 5, warmu
         params.setdefault("finetune_epochs", 0)
     with tempfile.TemporaryDirectory(prefix="cxrlib-bench-") as run_dir:
         config = make_config(stage, profile, run_dir=run_dir, device=device, **params)
-        device = torch.device(config.device) if config.device else default_device()
+        device = config_device(config)
         config.device = str(device)
         batch = config.batch_size
         with _PeakMemory(device) as memory:

@@ -23,6 +23,11 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def config_device(config) -> torch.device:
+    """The device a config names (``config.device``), else :func:`default_device`."""
+    return torch.device(config.device) if config.device else default_device()
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)

@@ -37,7 +37,7 @@ from cxrlib.data import collate
 # the notebooks call stages.prepare_data: the data side of a stage, one package down
 from cxrlib.data.bundle import DataBundle, dataset_kwargs, ensure_data, prepare_data  # noqa: F401
 from cxrlib.model import build_model
-from cxrlib.runtime import default_device, seed_everything
+from cxrlib.runtime import config_device, seed_everything
 from cxrlib.steps import (ce_step, contrastive_extra, contrastive_step, fusion_step, joint_extra, joint_step,
                           saliency_step, with_frozen_densenet, with_fused_features)
 from cxrlib.frozen_features import precompute
@@ -170,10 +170,6 @@ class StageResult:
     trainer: Trainer
 
 
-def _device(config) -> torch.device:
-    return torch.device(config.device) if config.device else default_device()
-
-
 def stage_trainer(config, model: nn.Module, *, entry: Stage | None = None, progress: bool = True,
                   stage_dir=None) -> Trainer:
     """The Trainer of a registry entry (default: the config's) for ``model``: the parts that
@@ -208,7 +204,7 @@ def run_stage(config, data: DataBundle, *, model: nn.Module | None = None, progr
     if model is None:
         model = build_stage_model(config)
         init = initialise(model, config)
-    model = model.to(_device(config))
+    model = model.to(config_device(config))
     train, val = data.train, data.val
     if (reuse := feature_reuse(config)) is not None:
         # Under torchrun each rank computes its own full copy; the sampler then shards it.
@@ -239,9 +235,9 @@ def _finetune(config, data, model, history, progress):
 @torch.no_grad()
 def embeddings(model: nn.Module, data, config, *, progress: bool = False):
     """(N, 1920) contrastive-stage embeddings and (N,) labels of a data set."""
-    model = model.to(_device(config)).eval()
+    model = model.to(config_device(config)).eval()
     out = precompute(lambda b: {"embedding": model(b["image"])["embedding"], "label": b["label"]},
-                     data, batch_size=config.eval_batch_size, device=_device(config), collate_fn=collate,
+                     data, batch_size=config.eval_batch_size, device=config_device(config), collate_fn=collate,
                      progress=progress, desc="embeddings")
     return out["embedding"].numpy(), out["label"].numpy()
 
@@ -256,7 +252,7 @@ def load_stage_model(config, stage: str = "stage3", *, model_name: str | None = 
     saved = state["config"]
     model = build_named(model_name or stage_of(saved).model_name(load_config(saved)), saved)
     load_weights(model, state, checkpoint_path(config, stage))
-    return model.to(_device(config)).eval()
+    return model.to(config_device(config)).eval()
 
 
 def trained_model(config, stage: str, *, model_name: str | None = None, required: bool = True):
@@ -274,7 +270,7 @@ def trained_model(config, stage: str, *, model_name: str | None = None, required
     warn_missing_init(config.stage, path, config.profile)
     entry = stage_of({"stage": Path(stage).name})  # the folder is named after its stage
     model = build_named(model_name or entry.model_name(make_config(entry.name, config.profile)), config)
-    return model.to(_device(config)).eval()
+    return model.to(config_device(config)).eval()
 
 
 @torch.no_grad()

@@ -44,7 +44,7 @@ from cxrlib.batches import EpochShuffle, loader_workers, progress_bar, to_device
 from cxrlib.checkpoints import BEST, LAST, atomic_save, check_resumable, load_checkpoint, load_weights
 from cxrlib.history import early_stop, epoch_line
 from cxrlib.model import set_activation_checkpointing, set_modes, set_trainable
-from cxrlib.runtime import default_device, rng_state, seed_everything, set_deterministic, set_rng_state
+from cxrlib.runtime import config_device, rng_state, seed_everything, set_deterministic, set_rng_state
 
 
 class _Step(nn.Module):
@@ -72,7 +72,7 @@ class Trainer:
                  extra_modules: dict | None = None,
                  stage_dir=None, progress: bool = True, find_unused_parameters: bool = False):
         self.config = config
-        self.device = torch.device(config.device) if config.device else default_device()
+        self.device = config_device(config)
         self.model = model.to(self.device)
         self.train_parts = tuple(train_parts)
         self.loss_fn, self.collate_fn = loss_fn, collate_fn
