@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 
-# Nobody is there to use a notebook's interactive widgets (cxrlib.viewer builds them undrawn).
+# Nobody is there to use a notebook's interactive widgets (cxrlib.explain.viewer builds them undrawn).
 os.environ.setdefault("CXRLIB_HEADLESS", "1")
 
 _MADE_HERE = None

@@ -15,7 +15,7 @@ import sys
 
 def _synth(args) -> int:
     if args.format == "reflacx":
-        from cxrlib.synthetic_reflacx import make_reflacx_like
+        from cxrlib.synthetic.reflacx import make_reflacx_like
 
         difficulty = {} if args.difficulty is None else {"difficulty": args.difficulty}
         try:
@@ -26,7 +26,7 @@ def _synth(args) -> int:
             return 2
         print(f"synthetic REFLACX-format data set in {out} (reflacx_root = reflacx_image_root = this folder)")
         return 0
-    from cxrlib.synthetic import make_egd_like
+    from cxrlib.synthetic.egd import make_egd_like
 
     difficulty = {} if args.difficulty is None else {"difficulty": args.difficulty}
     try:
@@ -41,7 +41,7 @@ def _synth(args) -> int:
 
 def _prepare(args) -> int:
     """The sample cache of every stage of a profile (each image size once), built in parallel."""
-    from cxrlib import stages
+    from cxrlib.training import stages
     from cxrlib.config import make_config
     from cxrlib.run import parse_value
 
@@ -90,8 +90,9 @@ def _run(args) -> int:
 
 
 def _train(args) -> int:
-    """One stage, as its notebook trains it; under ``torchrun`` on every GPU (cxrlib.distributed)."""
-    from cxrlib import distributed, runfolder, stages
+    """One stage, as its notebook trains it; under ``torchrun`` on every GPU (cxrlib.training.distributed)."""
+    from cxrlib import runfolder
+    from cxrlib.training import distributed, stages
     from cxrlib.config import make_config
     from cxrlib.run import parse_value
 
@@ -118,7 +119,8 @@ def _ablate(args) -> int:
 
     import pandas as pd
 
-    from cxrlib import ablation, results, runfolder
+    from cxrlib import runfolder
+    from cxrlib.evaluation import ablation, results
     from cxrlib.config import make_config
     from cxrlib.run import parse_value
 
@@ -144,7 +146,7 @@ def _ablate(args) -> int:
 
 
 def _bench_data(args) -> int:
-    from cxrlib.bench_pipeline import benchmark_loader
+    from cxrlib.bench.pipeline import benchmark_loader
 
     benchmark_loader(n_images=args.n_images, image_size=tuple(args.image_size), egd_root=args.egd_root,
                      image_root=args.image_root, native_shape=args.native_size, transfer_syntax=args.transfer_syntax,
@@ -153,16 +155,16 @@ def _bench_data(args) -> int:
 
 
 def _bench_reuse(args) -> int:
-    from cxrlib.bench_pipeline import benchmark_reuse
+    from cxrlib.bench.pipeline import benchmark_reuse
 
     benchmark_reuse(profile=args.profile, epochs=args.epochs)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cxrlib.variants import VARIANTS  # torch-free
+    from cxrlib.config.variants import VARIANTS  # torch-free
 
-    from cxrlib.stages import TRAINABLE_STAGES  # the stage registry
+    from cxrlib.training.stages import TRAINABLE_STAGES  # the stage registry
 
     parser = argparse.ArgumentParser(prog="cxrlib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -255,8 +257,8 @@ def main(argv=None) -> int:
     argv = [a for a in argv if a != "--debug"]
     command = argv[0] if argv and not argv[0].startswith("-") else ""
     try:
-        if argv[:1] == ["bench"]:  # its own parser (cxrlib.bench.build_parser): hand over every option
-            from cxrlib import bench, bench_stages
+        if argv[:1] == ["bench"]:  # its own parser (cxrlib.bench.network.build_parser): hand over every option
+            from cxrlib.bench import network as bench, stages as bench_stages
 
             bench_args = bench.build_parser().parse_args(argv[1:])
             return (bench_stages.run_stages if bench_args.stage else bench.run_models)(bench_args)
@@ -273,7 +275,7 @@ def main(argv=None) -> int:
 
 def report_error(err: Exception, prefix: str = "cxrlib") -> int:
     """Print ``err`` as one clear message; return the exit code (2: a parameter, 1: anything else)."""
-    from cxrlib.validation import ParameterError
+    from cxrlib.config.validation import ParameterError
 
     message = str(err).strip() or type(err).__name__
     expected = (ValueError, TypeError, OSError, RuntimeError, KeyError, ImportError)

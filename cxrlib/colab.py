@@ -30,7 +30,7 @@ from typing import Callable
 
 from cxrlib.config import PROFILES, repository_root
 from cxrlib.run import NOTEBOOK_STAGES
-from cxrlib.stages import TRAINABLE_STAGES  # stages that write <stage>/best.pt and last.pt
+from cxrlib.training.stages import TRAINABLE_STAGES  # stages that write <stage>/best.pt and last.pt
 
 # stage -> the notebook that trains or writes it. The one place start() learns notebook names
 # (derived from cxrlib run's list, so a new notebook such as 08 joins both at once).
@@ -138,7 +138,7 @@ def check_upstream(config) -> Path | None:
 def _gpu_lines(config, gpu: str | None) -> list[str]:
     import torch
 
-    from cxrlib.precision import autocast_settings, bf16_native
+    from cxrlib.training.precision import autocast_settings, bf16_native
 
     if gpu is None:
         hint = " (on Colab: Runtime > Change runtime type > T4 GPU)" if in_colab() else ""

@@ -89,7 +89,7 @@ def draw_network(stage: str, image_size, *, trained=None, base_width: int = 64,
 
     if trained is None:
         from cxrlib.config import make_config
-        from cxrlib.stages import STAGES
+        from cxrlib.training.stages import STAGES
 
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; stages: {sorted(STAGES)}")

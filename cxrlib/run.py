@@ -12,8 +12,8 @@ from pathlib import Path
 
 from cxrlib import runfolder
 from cxrlib.config import STAGE_CONFIGS, make_config, parameter_names, repository_root
-from cxrlib.evaluate import SALIENCY_KEYS
-from cxrlib.stages import NOTEBOOK_STAGES  # notebook -> the stage config its parameters cell feeds
+from cxrlib.evaluation.evaluate import SALIENCY_KEYS
+from cxrlib.training.stages import NOTEBOOK_STAGES  # notebook -> the stage config its parameters cell feeds
 
 
 class PipelineError(RuntimeError):

@@ -6,7 +6,7 @@ corrupt each other silently (the last to finish wins, and a checkpoint may then 
 ``config.json``). So every writer first takes a lock:
 
 * ``<run_dir>/.lock``: a whole command (``cxrlib run``, ``cxrlib train``);
-* ``<run_dir>/<stage>/.lock``: one stage's training (:meth:`cxrlib.train.Trainer.fit`), also
+* ``<run_dir>/<stage>/.lock``: one stage's training (:meth:`cxrlib.training.trainer.Trainer.fit`), also
   when a notebook runs alone;
 * ``<run_dir>/.data.lock``: writing the synthetic set and the split (brief: others wait).
 

@@ -13,9 +13,11 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from cxrlib import CLASS_NAMES, ablation, equal_stages, metrics, results, stages  # noqa: E402
+from cxrlib import CLASS_NAMES, metrics  # noqa: E402
+from cxrlib.evaluation import ablation, results
+from cxrlib.training import equal_stages, stages
 from cxrlib.config import make_config  # noqa: E402
-from cxrlib.evaluate import write_metrics  # noqa: E402
+from cxrlib.evaluation.evaluate import write_metrics  # noqa: E402
 
 TINY = {"synthetic_images": 18, "max_steps_per_epoch": 1, "densenet_arch": "densenet121"}
 

@@ -1,9 +1,9 @@
-"""cxrlib.bench on tiny settings: every row field present and positive."""
+"""cxrlib.bench.network on tiny settings: every row field present and positive."""
 
 import pytest
 import torch
 
-from cxrlib import bench
+from cxrlib.bench import network as bench
 
 
 def test_benchmark_rows_are_positive_numbers(capsys):

@@ -91,7 +91,8 @@ def test_results_passes_training_fields_on_but_rejects_what_it_ignores():
 
 
 def test_stage_registry_covers_every_config():
-    from cxrlib import model, stages
+    from cxrlib import model
+    from cxrlib.training import stages
     from cxrlib.losses import CONTRASTIVE_LOSSES
 
     assert set(stages.STAGES) == set(STAGE_CONFIGS)

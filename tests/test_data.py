@@ -13,7 +13,7 @@ from cxrlib.data.egd import read_master_sheet
 from cxrlib.data.gaze import GazePoints, gaze_map, gaze_map_native
 from cxrlib.data.splits import load_or_make_splits, make_splits
 from cxrlib.metrics import cc
-from cxrlib.synthetic import make_egd_like
+from cxrlib.synthetic.egd import make_egd_like
 
 SIZE = (64, 64)
 

@@ -11,15 +11,15 @@ import pydicom
 import pytest
 import torch
 
-from cxrlib import stages
+from cxrlib.training import stages
 from cxrlib.cli import main as cli
 from cxrlib.config import make_config
 from cxrlib.data import EGDDataset
 from cxrlib.data.cache import SampleCache
 from cxrlib.data.prepare import prepare_cache
-from cxrlib.synthetic import make_egd_like
-from cxrlib.frozen_features import precompute
-from cxrlib.train import Trainer
+from cxrlib.synthetic.egd import make_egd_like
+from cxrlib.training.frozen_features import precompute
+from cxrlib.training.trainer import Trainer
 
 SIZE = (64, 64)
 
@@ -89,7 +89,7 @@ def test_cli_synth_difficulty_reaches_the_generator(tmp_path, capsys):
 
 
 def test_a_set_appears_complete_or_not_at_all(tmp_path, monkeypatch):
-    from cxrlib import synthetic
+    from cxrlib.synthetic import egd as synthetic
 
     out = make_egd_like(tmp_path / "set", n_images=3, seed=1, progress=False)
     (out / "notes.txt").write_text("mine")
@@ -288,7 +288,7 @@ def test_cli_prepare_builds_then_keeps_the_cache(tmp_path, capsys):
 
 
 def test_bench_data_reports_cold_per_worker_count_and_a_warm_pass_ten_times_faster(capsys):
-    from cxrlib.bench_pipeline import benchmark_loader
+    from cxrlib.bench.pipeline import benchmark_loader
 
     result = benchmark_loader(n_images=4, image_size=(64, 64), native_shape=(256, 224), transfer_syntax="jpeg2000",
                               workers=(1, 2), rounds=1)

@@ -14,11 +14,12 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from cxrlib import distributed, losses, stages, steps
+from cxrlib import losses
+from cxrlib.training import distributed, stages, steps
 from cxrlib.config import make_config
 from cxrlib.data import collate
-from cxrlib.checkpoints import BEST, LAST, load_checkpoint
-from cxrlib.train import Trainer
+from cxrlib.training.checkpoints import BEST, LAST, load_checkpoint
+from cxrlib.training.trainer import Trainer
 
 WORLD = 2
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cxrlib.evaluate import evaluate_predictions
+from cxrlib.evaluation.evaluate import evaluate_predictions
 
 
 def hand_case():

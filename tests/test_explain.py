@@ -9,8 +9,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from cxrlib import explain as E  # noqa: E402
-from cxrlib import road  # noqa: E402
+from cxrlib.explain import cams as E  # noqa: E402
+from cxrlib.explain import road  # noqa: E402
 from cxrlib.metrics import centre_bias_map  # noqa: E402
 from cxrlib.model import DenseNetClassifier, DualEncoderMTUNet, MTUNet  # noqa: E402
 

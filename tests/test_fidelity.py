@@ -16,12 +16,14 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from torch import nn
 
-from cxrlib import evaluate, metrics, stages, steps
-from cxrlib import synthetic_anatomy as anatomy
+from cxrlib import metrics
+from cxrlib.evaluation import evaluate
+from cxrlib.training import stages, steps
+from cxrlib.synthetic import anatomy
 from cxrlib.config import make_config
 from cxrlib.data.dicom import load_image, read_dicom
 from cxrlib.model import set_modes
-from cxrlib.train import Trainer
+from cxrlib.training.trainer import Trainer
 
 
 # -- input intensity: the code's raw pixel_array, zero pad, stride, divide by max ---------------
@@ -91,7 +93,7 @@ def test_intensity_modes_on_the_stored_values(odd_dicom):
 
 def test_dataset_passes_intensity_and_lut_and_keys_the_cache_on_them(tmp_path):
     from cxrlib.data import EGDDataset
-    from cxrlib.synthetic import make_egd_like
+    from cxrlib.synthetic.egd import make_egd_like
 
     root = make_egd_like(tmp_path / "egd", n_images=6, seed=1, progress=False)
     kwargs = dict(image_size=(64, 64), sigma_frac=0.025, resize="stride", cache_dir=tmp_path / "cache")
@@ -261,7 +263,7 @@ def test_difficulty_weakens_signatures_and_keeps_the_bodies():
 
 def test_make_egd_like_passes_the_difficulty_through(tmp_path):
     from cxrlib.data import read_master_sheet
-    from cxrlib.synthetic import make_egd_like
+    from cxrlib.synthetic.egd import make_egd_like
 
     easy = make_egd_like(tmp_path / "easy", n_images=6, seed=2, progress=False, difficulty=0.0)
     hard = make_egd_like(tmp_path / "hard", n_images=6, seed=2, progress=False, difficulty=1.0)

@@ -67,7 +67,7 @@ def test_save_figure_writes_into_the_run_folder(tmp_path):
 
 @pytest.fixture(scope="module")
 def egd(tmp_path_factory):
-    from cxrlib import stages
+    from cxrlib.training import stages
 
     config = make_config("data", "smoke", run_dir=str(tmp_path_factory.mktemp("plots")), synthetic_images=18)
     return stages.prepare_data(config, progress=False).train

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cxrlib import bench_stages, precision
+from cxrlib.bench import stages as bench_stages
+from cxrlib.training import precision
 from cxrlib.model import DualEncoderMTUNet, blocks, set_activation_checkpointing
 
 CUDA = torch.device("cuda")
@@ -137,7 +138,7 @@ def test_stage_benchmark_rejects_unknown_stage():
 
 
 def _one_step_trainer(**fields):
-    from cxrlib import stages
+    from cxrlib.training import stages
     from cxrlib.config import make_config
 
     config = make_config("stage2", "smoke", device="cpu", base_width=4, image_size=(64, 64), batch_size=2,

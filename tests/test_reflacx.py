@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from cxrlib import cli, external
+from cxrlib import cli
+from cxrlib.evaluation import external
 from cxrlib.data import Geometry
 from cxrlib.data.gaze import GazePoints, ShownGazePoints, gaze_map
 from cxrlib.data.reflacx import REFLACXDataset, mapped_labels, read_metadata
-from cxrlib.synthetic_reflacx import make_reflacx_like
+from cxrlib.synthetic.reflacx import make_reflacx_like
 
 SIZE = (64, 64)
 

@@ -21,15 +21,15 @@ import torch
 from torch import nn
 
 from cxrlib import cli, runfolder
-from cxrlib.checkpoints import CheckpointError, atomic_save, load_checkpoint, load_init, resolve_init
+from cxrlib.training.checkpoints import CheckpointError, atomic_save, load_checkpoint, load_init, resolve_init
 from cxrlib.config import make_config
 from cxrlib.data import EGDDataset
 from cxrlib.data.dicom import read_dicom
 from cxrlib.data.egd import read_master_sheet
 from cxrlib.data.splits import load_or_make_splits
 from cxrlib.run import run_pipeline
-from cxrlib.synthetic import make_egd_like
-from cxrlib.validation import ParameterError
+from cxrlib.synthetic.egd import make_egd_like
+from cxrlib.config.validation import ParameterError
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
 

@@ -10,11 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from cxrlib import runfolder, stages
-from cxrlib.checkpoints import BEST, LAST, load_checkpoint
+from cxrlib import runfolder
+from cxrlib.training import stages
+from cxrlib.training.checkpoints import BEST, LAST, load_checkpoint
 from cxrlib.config import load_config, make_config
-from cxrlib.synthetic import make_egd_like
-from cxrlib.train import Trainer
+from cxrlib.synthetic.egd import make_egd_like
+from cxrlib.training.trainer import Trainer
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
 
@@ -117,7 +118,7 @@ def test_progress_bars_do_not_change_the_batch_order(tmp_path):
 
 NOTEBOOK_PATH = """
 import sys, torch
-from cxrlib import stages
+from cxrlib.training import stages
 from cxrlib.config import make_config
 torch.seed()  # a fresh kernel's global generator: random, as before any seeding
 config = make_config("stage1a", "smoke", run_dir=sys.argv[1], egd_root=sys.argv[2], epochs=2)

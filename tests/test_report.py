@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from cxrlib import report
-from cxrlib.history import epoch_line
+from cxrlib.evaluation import report
+from cxrlib.training.history import epoch_line
 
 
 def history(train, val, cc):

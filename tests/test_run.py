@@ -37,7 +37,7 @@ def test_every_stage_notebook_is_in_the_registry():
 
 def test_cli_trains_every_registered_stage():
     from cxrlib.cli import build_parser
-    from cxrlib.stages import TRAINABLE_STAGES
+    from cxrlib.training.stages import TRAINABLE_STAGES
 
     assert {"stage1a", "stage1b", "stage2", "stage3", "joint"} == set(TRAINABLE_STAGES)
     for stage in TRAINABLE_STAGES:

@@ -10,7 +10,7 @@ from pydicom.pixels import apply_modality_lut
 from torch import tensor
 from torch.nn.functional import adaptive_avg_pool2d
 
-from cxrlib.synthetic import GAZE_COLUMNS, LABEL_COLUMNS, make_egd_like
+from cxrlib.synthetic.egd import GAZE_COLUMNS, LABEL_COLUMNS, make_egd_like
 
 MASTER_COLUMNS = ["dicom_id", "path", "patient_id", "study_id", *LABEL_COLUMNS, "image_top_pad",
                   "image_bottom_pad", "image_left_pad", "image_right_pad"]

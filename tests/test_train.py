@@ -5,9 +5,9 @@ import warnings
 import pytest
 import torch
 
-from cxrlib import stages
+from cxrlib.training import stages
 from cxrlib.config import make_config
-from cxrlib.checkpoints import BEST, LAST, load_checkpoint
+from cxrlib.training.checkpoints import BEST, LAST, load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +154,9 @@ def _constant_loss(model, batch, extra=None):
 @pytest.mark.parametrize("patience, epochs, ran, end", [(0, 4, 4, "epochs"), (1, 6, 2, "early_stop"),
                                                          (3, 6, 4, "early_stop"), (5, 3, 3, "epochs")])
 def test_early_stopping_and_the_recorded_end(tmp_path, patience, epochs, ran, end):
-    from cxrlib.equal_stages import stage_complete
-    from cxrlib.history import early_stop
-    from cxrlib.train import Trainer
+    from cxrlib.training.equal_stages import stage_complete
+    from cxrlib.training.history import early_stop
+    from cxrlib.training.trainer import Trainer
 
     cfg = make_config("stage1b", "smoke", run_dir=str(tmp_path), epochs=epochs, early_stopping=patience)
     samples = [{"x": torch.ones(1), "label": torch.tensor(0)} for _ in range(4)]
@@ -170,8 +170,8 @@ def test_early_stopping_and_the_recorded_end(tmp_path, patience, epochs, ran, en
 
 
 def test_an_interrupted_stage_is_not_complete_until_resumed(tmp_path):
-    from cxrlib.equal_stages import stage_complete
-    from cxrlib.train import Trainer
+    from cxrlib.training.equal_stages import stage_complete
+    from cxrlib.training.trainer import Trainer
 
     samples = [{"x": torch.ones(1), "label": torch.tensor(0)} for _ in range(4)]
     cfg = make_config("stage1b", "smoke", run_dir=str(tmp_path), epochs=3)

@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from cxrlib import viewer  # noqa: E402
+from cxrlib.explain import viewer  # noqa: E402
 
 DATA = [{"label": k % 3} for k in range(6)]
 

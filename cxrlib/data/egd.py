@@ -2,7 +2,7 @@
 
 ``EGDDataset(egd_root, image_root)`` reads ``master_sheet.csv``, one gaze file and the MIMIC-CXR
 images (DICOM, or the ``.jpg`` of MIMIC-CXR-JPG at the same relative path). The bundled
-synthetic data set (``cxrlib.synthetic``) is written in the same format and read by this code.
+synthetic data set (``cxrlib.synthetic.egd``) is written in the same format and read by this code.
 
 Problems in the input are reported when the data set is built, naming the file and line, not an
 hour into training: missing columns, empty files, rows without exactly one label, duplicated ids,

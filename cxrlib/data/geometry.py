@@ -21,22 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxrlib.config.validation import check_image_size  # noqa: F401 (the datasets import it from here)
+
 RESIZE_MODES = ("pad_resize", "stride")
-
-
-def check_image_size(image_size) -> tuple[int, int]:
-    """Validate a target (H, W): two positive multiples of 32 (the UNet halves five times)."""
-    try:
-        h, w = (int(v) for v in image_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"image_size must be (H, W), got {image_size!r}") from None
-    if h <= 0 or w <= 0 or h % 32 or w % 32:
-        raise ValueError(
-            f"image_size must be two positive multiples of 32 (the network halves the image five "
-            f"times), got {image_size!r}; e.g. (320, 256) or (640, 512)"
-        )
-    return h, w
-
 
 @dataclass(frozen=True)
 class Geometry:

@@ -38,7 +38,7 @@ def data_label(config) -> str:
 def eval_dataset(data, config):
     """``(data set, label)`` of the split the final figures come from (``config.eval_split``).
 
-    ``data`` is a `cxrlib.stages.DataBundle` (or anything with ``test`` and ``val``).
+    ``data`` is a `cxrlib.training.stages.DataBundle` (or anything with ``test`` and ``val``).
     """
     split = getattr(config, "eval_split", "test")
     if split not in EVAL_SPLITS:

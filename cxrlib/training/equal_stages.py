@@ -15,10 +15,10 @@ import json
 import os
 from pathlib import Path
 
-from cxrlib.checkpoints import init_path
+from cxrlib.training.checkpoints import init_path
 from cxrlib.config import NOT_WEIGHT_FIELDS as _NOT_WEIGHTS  # equal stages may differ in these
-from cxrlib.checkpoints import BEST
-from cxrlib.history import ended
+from cxrlib.training.checkpoints import BEST
+from cxrlib.training.history import ended
 
 
 def _upstream(config_dict: dict) -> Path | None:

@@ -1,9 +1,9 @@
 """The ablation variants of notebook 07 as data: what each trains, and which claim it tests.
 
 A variant is a chain of ordinary stages (``(stage, config overrides)``, trained in order by
-:mod:`cxrlib.ablation`) plus where its diagnosis and its gaze map come from. The claims are the
+:mod:`cxrlib.evaluation.ablation`) plus where its diagnosis and its gaze map come from. The claims are the
 paper's (arXiv:2403.16970, the ablation and the baselines). This module imports nothing heavy,
-so the config check (:mod:`cxrlib.config`) and the report (:mod:`cxrlib.results`) can use it.
+so the config check (:mod:`cxrlib.config`) and the report (:mod:`cxrlib.evaluation.results`) can use it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The typed configuration of each stage: one dataclass per notebook, whose fields are that
 notebook's parameters (:mod:`cxrlib.config` builds them from a profile and checks them).
 
-``None`` in a field means "the profile's default" (:mod:`cxrlib.profiles`). Each class says in
+``None`` in a field means "the profile's default" (:mod:`cxrlib.config.profiles`). Each class says in
 ``inapplicable`` which common fields its notebook does not read, so that setting one (``lr`` on
 the data notebook) is reported as a mistake instead of being ignored.
 """
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cxrlib.runfolder import atomic_write_text, stage_lock
-from cxrlib.variants import VARIANTS
+from cxrlib.config.variants import VARIANTS
 
 DEFAULT_CAMS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")  # Score-CAM: on request (slow)
 
@@ -187,7 +187,7 @@ class ResultsConfig(StageConfig):
     stage: typing.ClassVar[str] = "results"
     # the training fields are passed on to the variants' stages; these are not (``seeds`` varies the seed)
     inapplicable: typing.ClassVar[frozenset] = frozenset({"seed", "init_from", "resume"})
-    variants: tuple = tuple(VARIANTS)  # every variant of cxrlib.variants
+    variants: tuple = tuple(VARIANTS)  # every variant of cxrlib.config.variants
     seeds: tuple = (0, 1, 2)
     train_missing: bool = True  # False: only read the results that exist
     reference: str = "full"  # the variant every other is tested against
@@ -196,7 +196,7 @@ class ResultsConfig(StageConfig):
 @dataclass
 class ExternalConfig(StageConfig):
     """Notebook 08: the stage-3 model on REFLACX (another eye tracker, five other radiologists),
-    beside the centre bias and the inter-reader ceiling (``cxrlib.external``).
+    beside the centre bias and the inter-reader ceiling (``cxrlib.evaluation.external``).
 
     ``reflacx_root`` None: a synthetic REFLACX-format set in the run folder. ``label_mapping``
     None: saliency only; ``"certainty"``: the rule in ``cxrlib.data.reflacx.LABEL_MAPPINGS``.

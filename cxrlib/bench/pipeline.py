@@ -30,7 +30,7 @@ def benchmark_loader(*, n_images: int = 60, image_size=(320, 256), egd_root=None
 
     from cxrlib.data import EGDDataset
     from cxrlib.data.prepare import prepare_cache
-    from cxrlib.synthetic import make_egd_like
+    from cxrlib.synthetic.egd import make_egd_like
 
     synthetic = egd_root is None
     with tempfile.TemporaryDirectory(prefix="cxrlib-bench-") as tmp:
@@ -100,7 +100,7 @@ def benchmark_reuse(*, profile: str = "smoke", epochs: int = 2, print_result: bo
     The epoch time comes from the trainer's history (training + validation); the one-off
     precompute is the rest of the stage's wall time and is reported on its own.
     """
-    from cxrlib import stages
+    from cxrlib.training import stages
     from cxrlib.config import make_config
 
     result = {}

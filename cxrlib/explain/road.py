@@ -3,7 +3,7 @@ relevant change the diagnosis more than removing those it calls irrelevant?
 
 ROAD is Rong et al. 2022 ("A Consistent and Efficient Evaluation Strategy for Attribution
 Methods", ICML), after Hooker et al. 2019's remove-and-retrain idea; the imputation is
-pytorch-grad-cam's. The CAMs themselves come from :mod:`cxrlib.explain`.
+pytorch-grad-cam's. The CAMs themselves come from :mod:`cxrlib.explain.cams`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostReleva
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 from torch import nn
 
-from cxrlib.explain import LogitsOnly, class_targets, inference_state
+from cxrlib.explain.cams import LogitsOnly, class_targets, inference_state
 
 
 def _rank_map(cam: np.ndarray, rng: np.random.Generator) -> np.ndarray:

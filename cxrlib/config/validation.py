@@ -59,3 +59,29 @@ def check_data_roots(config) -> None:
         raise FileNotFoundError(
             f"parameter 'image_root': {config.image_root} is not a folder; point it at the MIMIC-CXR or "
             f"MIMIC-CXR-JPG root that holds files/p10/..., or leave it None (= egd_root)")
+
+
+def _is_whole(value) -> bool:
+    """A float or numpy number with no fractional part (64.0 yes, 64.9 no)."""
+    try:
+        return float(value).is_integer() and not isinstance(value, (str, bool))
+    except (TypeError, ValueError):
+        return False
+
+
+def check_image_size(image_size) -> tuple[int, int]:
+    """Validate a target (H, W): two positive multiples of 32 (the UNet halves five times)."""
+    try:
+        h, w = image_size
+    except (TypeError, ValueError):
+        raise ValueError(f"image_size must be (H, W), got {image_size!r}") from None
+    if not all(isinstance(v, int) and not isinstance(v, bool) or _is_whole(v) for v in (h, w)):
+        raise ValueError(f"image_size must be two whole numbers of pixels, got {image_size!r}; "
+                         "e.g. (320, 256) or (640, 512)")
+    h, w = int(h), int(w)
+    if h <= 0 or w <= 0 or h % 32 or w % 32:
+        raise ValueError(
+            f"image_size must be two positive multiples of 32 (the network halves the image five "
+            f"times), got {image_size!r}; e.g. (320, 256) or (640, 512)"
+        )
+    return h, w

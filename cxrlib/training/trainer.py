@@ -12,13 +12,13 @@ config's hyper-parameters. :class:`Trainer` does the rest:
   precision elsewhere;
 * a checkpoint after every epoch with model, optimiser, scheduler, scaler, epoch, RNG states,
   config and history, written atomically with a checksum and verified when read
-  (:mod:`cxrlib.checkpoints`), so ``resume=True`` continues an interrupted stage to the same
+  (:mod:`cxrlib.training.checkpoints`), so ``resume=True`` continues an interrupted stage to the same
   weights, and refuses to when a setting that changes the weights differs;
 * one writer per stage folder (:mod:`cxrlib.runfolder`): a second process training the same
   stage is refused, and temporary files an interrupted run left behind are removed;
 * deterministic algorithms where ``config.deterministic`` asks for them (default: on CPU);
 * a per-epoch history (``history.csv`` / ``history.json``) in the stage's run folder;
-* under torchrun (:mod:`cxrlib.distributed`): DistributedDataParallel over the whole step, a
+* under torchrun (:mod:`cxrlib.training.distributed`): DistributedDataParallel over the whole step, a
   DistributedSampler reshuffled each epoch, validation sharded and merged so every rank sees the
   same metrics, optional SyncBatchNorm, and only rank 0 writing files. Checkpoints hold the
   unwrapped model, so they load in one process or any number of them.
@@ -39,10 +39,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from cxrlib import distributed, precision, runfolder
-from cxrlib.batches import EpochShuffle, loader_workers, progress_bar, to_device
-from cxrlib.checkpoints import BEST, LAST, atomic_save, check_resumable, load_checkpoint, load_weights
-from cxrlib.history import early_stop, epoch_line
+from cxrlib import runfolder
+from cxrlib.training import distributed, precision
+from cxrlib.training.batches import EpochShuffle, loader_workers, progress_bar, to_device
+from cxrlib.training.checkpoints import BEST, LAST, atomic_save, check_resumable, load_checkpoint, load_weights
+from cxrlib.training.history import early_stop, epoch_line
 from cxrlib.model import set_activation_checkpointing, set_modes, set_trainable
 from cxrlib.runtime import config_device, rng_state, seed_everything, set_deterministic, set_rng_state
 
@@ -82,7 +83,7 @@ class Trainer:
         params = set_trainable(self.model, self.train_parts) + list(self.extra.parameters())
         if not params:
             raise ValueError(f"nothing to train: parts {self.train_parts} have no parameters")
-        # GPU speed and memory (cxrlib.precision): fused Adam, autocast dtype per card,
+        # GPU speed and memory (cxrlib.training.precision): fused Adam, autocast dtype per card,
         # channels_last, cuDNN autotuning, activation checkpointing of the UNet levels.
         self.optimizer = precision.adam(params, lr=config.lr, device=self.device)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(

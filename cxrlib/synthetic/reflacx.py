@@ -5,7 +5,7 @@
 fixations.csv`` per reading, with the MIMIC-CXR-style DICOMs under ``files/pXX/...`` in the same
 folder, so the folder is both ``reflacx_root`` and ``image_root``. The images come from the
 anatomy generator of the synthetic EGD set and each reading from its reading simulator
-(``cxrlib.synthetic_reading.simulate_reading``), called once per radiologist with that radiologist's
+(``cxrlib.synthetic.reading.simulate_reading``), called once per radiologist with that radiologist's
 habits (reading time, how often they zoom).
 
 What REFLACX has and this set imitates:
@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cxrlib import synthetic_anatomy as anatomy
-from cxrlib.synthetic import _hex_id, _uid, write_dicom
-from cxrlib.synthetic_reading import display_fit, simulate_reading
+from cxrlib.synthetic import anatomy
+from cxrlib.synthetic.egd import _hex_id, _uid, write_dicom
+from cxrlib.synthetic.reading import display_fit, simulate_reading
 
 SCREEN_PPD = 40.0  # screen pixels per degree: a 1920-px-wide display about 65 cm from the eyes
 FINDINGS = ("Enlarged cardiac silhouette", "Pulmonary edema", "Consolidation", "Atelectasis",
@@ -105,7 +105,7 @@ def make_reflacx_like(out_dir, *, n_images: int = 40, seed: int = 0, n_readers: 
 
     Same ``seed``: the same files. ``native_size`` is the range of image heights in pixels.
     ``difficulty`` (0 to 1): how faint and overlapping the class signatures are, as in
-    `cxrlib.synthetic.make_egd_like`.
+    `cxrlib.synthetic.egd.make_egd_like`.
     """
     out = pathlib.Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:

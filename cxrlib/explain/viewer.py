@@ -12,7 +12,8 @@ import os
 import numpy as np
 import torch
 
-from cxrlib import CLASS_NAMES, explain
+from cxrlib import CLASS_NAMES
+from cxrlib.explain import cams as explain
 from cxrlib.config import DEFAULT_CAMS
 from cxrlib import metrics as M
 
@@ -132,7 +133,8 @@ def qualitative_figure(data, indices, final_model, *, encoder_model=None, baseli
 def mtunet_baseline(config):
     """The MT-UNet baseline that ``cxrlib ablate`` (notebook 07) trains at this run's model seed,
     or None if it has not been trained; the run folder comes from the config, never a literal."""
-    from cxrlib import ablation, stages
+    from cxrlib.evaluation import ablation
+    from cxrlib.training import stages
 
     folder = ablation.variant_dir(config.run_dir, "mtunet", config.seed) / "joint"
     return stages.trained_model(config, folder.relative_to(config.run_dir).as_posix(), model_name="mtunet",

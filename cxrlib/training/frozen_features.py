@@ -1,7 +1,7 @@
 """Frozen-feature reuse: what frozen parts compute does not change between epochs, so a stage
 computes it once (:func:`precompute`) and trains on the stored tensors (:class:`CachedFeatures`).
 Stage 2 reuses the frozen DenseNet's features, stage 3 in head mode the fused vectors
-(:mod:`cxrlib.steps`)."""
+(:mod:`cxrlib.training.steps`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cxrlib.batches import progress_bar, to_device
+from cxrlib.training.batches import progress_bar, to_device
 
 
 @torch.no_grad()

@@ -1,9 +1,9 @@
 """A stage's configuration from a profile and parameters, and the notebook parameter check.
 
 Every notebook has a ``parameters`` cell whose names are exactly the fields of its stage's
-config (the dataclasses of :mod:`cxrlib.stage_configs`, re-exported here). papermill, ``cxrlib
+config (the dataclasses of :mod:`cxrlib.config.stage_configs`, re-exported here). papermill, ``cxrlib
 run -p NAME VALUE`` and a Colab user all set the same names; :func:`make_config` puts them on top
-of the profile's defaults (:mod:`cxrlib.profiles`), and :func:`config_from_namespace` turns a
+of the profile's defaults (:mod:`cxrlib.config.profiles`), and :func:`config_from_namespace` turns a
 notebook's variables into a config. Both fail at once, listing the valid names, if a parameter
 is unknown, does not apply to the stage, or has the wrong type or range.
 """
@@ -19,13 +19,13 @@ from dataclasses import fields
 from pathlib import Path
 
 from cxrlib.paths import repository_root  # noqa: F401 (colab and plots import it from here)
-from cxrlib.profiles import PROFILE_DEFAULTS, PROFILES
+from cxrlib.config.profiles import PROFILE_DEFAULTS, PROFILES
 # the dataclasses live one module down; importing them from here is the public way
-from cxrlib.stage_configs import (DEFAULT_CAMS, NOT_WEIGHT_FIELDS, STAGE_CONFIGS, ContrastiveConfig,  # noqa: F401
+from cxrlib.config.stage_configs import (DEFAULT_CAMS, NOT_WEIGHT_FIELDS, STAGE_CONFIGS, ContrastiveConfig,  # noqa: F401
                                   DataConfig, EncoderConfig, ExplainConfig, ExternalConfig, FusionConfig,
                                   JointConfig, ResultsConfig, SaliencyConfig, StageConfig)
-from cxrlib.validation import ParameterError, check_data_roots, check_ranges
-from cxrlib.variants import check_results_config
+from cxrlib.config.validation import ParameterError, check_data_roots, check_ranges
+from cxrlib.config.variants import check_results_config
 
 
 def _check_type(name: str, value, annotation):
@@ -84,7 +84,7 @@ def make_config(stage: str, profile: str = "smoke", **params):
 
 
 def _finalise(config):
-    from cxrlib.data.geometry import check_image_size
+    from cxrlib.config.validation import check_image_size
 
     try:
         config.image_size = check_image_size(config.image_size)

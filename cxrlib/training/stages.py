@@ -15,7 +15,7 @@ stage3   DualEncoderMTUNet   classifier (finetune: all)   CE (+ CE & KL)      st
 joint    dual/mtunet/resse   every part, from scratch     CE & KL, weighted   (ImageNet)
 =======  ==================  ===========================  ==================  ===========
 
-:func:`run_stage` trains any of them with the one :class:`~cxrlib.train.Trainer`; :func:`prepare_data`
+:func:`run_stage` trains any of them with the one :class:`~cxrlib.training.trainer.Trainer`; :func:`prepare_data`
 gives the splits, :func:`load_stage_model` a stage's best weights, :func:`predict` a model's outputs.
 """
 
@@ -29,19 +29,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrlib import distributed
-from cxrlib.checkpoints import BEST, init_path, load_init, load_weights, resolve_init, warn_missing_init
+from cxrlib.training import distributed
+from cxrlib.training.checkpoints import BEST, init_path, load_init, load_weights, resolve_init, warn_missing_init
 from cxrlib.config import (ContrastiveConfig, DataConfig, EncoderConfig, ExplainConfig, ExternalConfig, FusionConfig,
                            JointConfig, ResultsConfig, SaliencyConfig, load_config, make_config)
 from cxrlib.data import collate
 # the notebooks call stages.prepare_data: the data side of a stage, one package down
-from cxrlib.data.bundle import DataBundle, dataset_kwargs, ensure_data, prepare_data  # noqa: F401
+from cxrlib.training.bundle import DataBundle, dataset_kwargs, ensure_data, prepare_data  # noqa: F401
 from cxrlib.model import build_model
 from cxrlib.runtime import config_device, seed_everything
-from cxrlib.steps import (ce_step, contrastive_extra, contrastive_step, fusion_step, joint_extra, joint_step,
+from cxrlib.training.steps import (ce_step, contrastive_extra, contrastive_step, fusion_step, joint_extra, joint_step,
                           saliency_step, with_frozen_densenet, with_fused_features)
-from cxrlib.frozen_features import precompute
-from cxrlib.train import Trainer
+from cxrlib.training.frozen_features import precompute
+from cxrlib.training.trainer import Trainer
 
 
 def checkpoint_path(config, stage: str | None = None) -> Path:
@@ -246,7 +246,7 @@ def load_stage_model(config, stage: str = "stage3", *, model_name: str | None = 
     """A trained model from ``run_dir/<stage>/best.pt``, on the config's device, in eval mode.
 
     The network is the one the saved config's registry entry names (``model_name`` overrides)."""
-    from cxrlib.checkpoints import load_checkpoint
+    from cxrlib.training.checkpoints import load_checkpoint
 
     state = load_checkpoint(checkpoint_path(config, stage))
     saved = state["config"]
@@ -279,7 +279,7 @@ def predict(model: nn.Module, data, config, *, progress: bool = True) -> dict:
     map; None for a classifier), ``gaze_map`` (N, H, W: the ground truth), ``fixations`` and ``dicom_id``."""
     from torch.utils.data import DataLoader
 
-    from cxrlib.batches import progress_bar, to_device
+    from cxrlib.training.batches import progress_bar, to_device
 
     model.eval()
     device = next(model.parameters()).device

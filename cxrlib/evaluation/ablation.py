@@ -3,7 +3,7 @@
 Every variant is a chain of ordinary stage configs (:func:`cxrlib.config.make_config`) trained by
 the ordinary stage code, plus a rule for how it is evaluated; nothing is copied. The claims of the
 paper (arXiv:2403.16970, sections on the ablation and the baselines) and the variant that tests
-each are in :data:`cxrlib.variants.VARIANTS`.
+each are in :data:`cxrlib.config.variants.VARIANTS`.
 
 Run folders::
 
@@ -13,7 +13,7 @@ Run folders::
                                                      link to an equal stage trained elsewhere
     <run_root>/ablation/<variant>/seed<k>/metrics.json, per_image.csv   its test-split results
 
-Equal stages are trained once and linked (:mod:`cxrlib.equal_stages`).
+Equal stages are trained once and linked (:mod:`cxrlib.training.equal_stages`).
 """
 
 from __future__ import annotations
@@ -27,11 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrlib import CLASS_NAMES, evaluate, explain, metrics, stages
+from cxrlib import CLASS_NAMES, metrics
+from cxrlib.evaluation import evaluate
+from cxrlib.explain import cams as explain
+from cxrlib.training import stages
 from cxrlib.config import ResultsConfig, StageConfig, make_config
 from cxrlib.data import collate
-from cxrlib.equal_stages import chain_signatures, find_equal, fingerprint, folder_fingerprint, is_done, observed_seconds
-from cxrlib.variants import VARIANTS
+from cxrlib.training.equal_stages import chain_signatures, find_equal, fingerprint, folder_fingerprint, is_done, observed_seconds
+from cxrlib.config.variants import VARIANTS
 
 
 # Common fields a results config does not pass on to the variants' stages.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrlib.history import epoch_line
+from cxrlib.training.history import epoch_line
 
 SHOWN_METRICS = ("val_auc_macro", "val_accuracy", "val_cc", "val_kld", "val_sim")
 LOWER_IS_BETTER = ("val_loss", "val_kld")
@@ -111,7 +111,8 @@ def test_report(config, model, data, *, progress: bool = True) -> TestReport:
     baseline on the same images) and write ``<stage_dir>/metrics.json`` with the run's context.
     ``config.eval_split="val"`` scores the validation split instead (the paper code's protocol,
     labelled optimistic); ``config.kld_eps`` sets the KLD's eps (`evaluate.evaluate_predictions`)."""
-    from cxrlib import evaluate, stages
+    from cxrlib.evaluation import evaluate
+    from cxrlib.training import stages
 
     scored, _ = evaluate.eval_dataset(data, config)
     pred = stages.predict(model, scored, config, progress=progress)

@@ -19,10 +19,10 @@ import time
 
 import torch
 
-from cxrlib.bench import _device_name, _PeakMemory, _sync
+from cxrlib.bench.network import _device_name, _PeakMemory, _sync
 from cxrlib.config import make_config
 from cxrlib.runtime import config_device
-from cxrlib.stages import TRAINABLE_STAGES
+from cxrlib.training.stages import TRAINABLE_STAGES
 
 __all__ = ["benchmark_stage", "format_stage_rows", "EGD_TRAIN_IMAGES", "EGD_VAL_IMAGES"]
 
@@ -45,7 +45,7 @@ def _random_samples(config, n: int, seed: int = 0) -> list[dict]:
 def _setup(config, device):
     """The model, trainer and frozen-feature reuse of a stage, from the stage registry (as
     ``stages.run_stage`` sets them up)."""
-    from cxrlib import stages
+    from cxrlib.training import stages
 
     model = stages.build_stage_model(config).to(device)
     return model, stages.stage_trainer(config, model, progress=False), stages.feature_reuse(config)
@@ -136,7 +136,7 @@ def format_stage_rows(rows: list[dict]) -> str:
 
 
 def run_stages(args) -> int:
-    """``cxrlib bench --stage ...``: one row per stage, options from ``cxrlib.bench.build_parser``."""
+    """``cxrlib bench --stage ...``: one row per stage, options from ``cxrlib.bench.network.build_parser``."""
     params = {}
     if args.image_size:
         params["image_size"] = tuple(args.image_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from cxrlib import precision
+from cxrlib.training import precision
 
 
 def to_device(batch: dict, device: torch.device, *, channels_last: bool = False) -> dict:

@@ -8,7 +8,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxrlib import distributed, runfolder
+from cxrlib import runfolder
+from cxrlib.training import distributed
 from cxrlib.data.egd import EGDDataset, read_master_sheet
 from cxrlib.data.prepare import prepare_cache
 from cxrlib.data.splits import load_or_make_splits, split_ids
@@ -33,7 +34,7 @@ def ensure_data(config, *, progress: bool = True) -> tuple[Path, Path]:
             raise FileNotFoundError(f"egd_root={root} has no master_sheet.csv; point it at the EGD-CXR "
                                     f"folder (egd-cxr/1.0.0) or leave it None for the synthetic data")
         return root, Path(config.image_root).expanduser()
-    from cxrlib.synthetic import make_egd_like
+    from cxrlib.synthetic.egd import make_egd_like
 
     root = Path(config.run_dir) / "synthetic"
     marker = root / "synthetic.json"

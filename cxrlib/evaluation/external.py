@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlib import metrics
-from cxrlib.evaluate import SALIENCY_KEYS, _jsonable, saliency_table
+from cxrlib.evaluation.evaluate import SALIENCY_KEYS, _jsonable, saliency_table
 
 CEILING, MODEL, CENTRE = "inter-reader (mean of the other readers)", "model (stage 3)", "centre bias"
 ALL, SEVERAL = "all readings", "images with several readers"
@@ -45,7 +45,7 @@ def ensure_reflacx(config, *, progress: bool = True) -> tuple[Path, Path]:
             raise ValueError("reflacx_root is set but neither reflacx_image_root nor image_root: give the "
                              "MIMIC-CXR(-JPG) folder holding files/p10/...")
         return root, Path(image_root).expanduser()
-    from cxrlib.synthetic_reflacx import make_reflacx_like
+    from cxrlib.synthetic.reflacx import make_reflacx_like
 
     root = Path(config.run_dir) / "synthetic_reflacx"
     marker = root / "synthetic.json"
@@ -60,7 +60,7 @@ def ensure_reflacx(config, *, progress: bool = True) -> tuple[Path, Path]:
 def egd_training_ids(config) -> set[str]:
     """dicom_ids of the EGD-CXR training split of this run folder (made now if not yet made)."""
     from cxrlib.data import load_or_make_splits, read_master_sheet, split_ids
-    from cxrlib.stages import ensure_data
+    from cxrlib.training.stages import ensure_data
 
     egd_root, _ = ensure_data(config, progress=False)
     splits = load_or_make_splits(Path(config.run_dir) / "splits.csv", read_master_sheet(egd_root / "master_sheet.csv"),
@@ -115,7 +115,7 @@ def ceiling_table(data, *, min_readers: int = 2) -> pd.DataFrame:
 def model_table(model, data, config, *, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Per reading: the model's predicted map and the centre bias scored against the reading's
     map and fixations. Also returns ``stages.predict``'s output (probabilities, maps)."""
-    from cxrlib.stages import predict
+    from cxrlib.training.stages import predict
 
     pred = predict(model, data, config, progress=progress)
     if pred["saliency"] is None:

@@ -6,7 +6,7 @@ writes a folder in exactly its on-disk format (docs/method.md, section 5): ``mas
 sXXXXXXXX/<dicom_id>.dcm``. The folder is both the EGD root and the image root. The real loader
 reads it unchanged, so the whole pipeline can be run and tested without credentials.
 
-What the three classes look like (drawn procedurally in `cxrlib.synthetic_anatomy`):
+What the three classes look like (drawn procedurally in `cxrlib.synthetic.anatomy`):
 
 * **Normal**: two dark lung fields crossed by curved rib shadows, vessels fanning out of the
   hila, a bright mediastinum and a heart a third right / two thirds left of the midline, sharp
@@ -23,7 +23,7 @@ Size, position, small rotation, exposure (tone curve) and noise vary per image. 
 of every image are rank-transformed onto the same family of histograms, so no global statistic
 (mean, std, percentiles) separates the classes: a model has to look at *where* things are.
 
-The gaze is a simulated reading of each image (`cxrlib.synthetic_reading`). ``X_ORIGINAL``/
+The gaze is a simulated reading of each image (`cxrlib.synthetic.reading`). ``X_ORIGINAL``/
 ``Y_ORIGINAL`` are native pixels (column, row); ``FPOGX``/``FPOGY`` the same points on a 1920x1080
 screen where the image is fitted keeping its aspect ratio and centred (padding in the
 ``image_*_pad`` columns).
@@ -42,9 +42,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, generate_uid
 from tqdm.auto import tqdm
 
-from cxrlib import synthetic_anatomy as anatomy
+from cxrlib.synthetic import anatomy
 from cxrlib.runfolder import process_alive
-from cxrlib.synthetic_reading import SCREEN, display_fit, simulate_reading
+from cxrlib.synthetic.reading import SCREEN, display_fit, simulate_reading
 
 LABEL_COLUMNS = ("Normal", "CHF", "pneumonia")
 GAZE_COLUMNS = ("DICOM_ID", "Time (in secs)", "FPOGX", "FPOGY", "FPOGS", "FPOGD", "FPOGID",
@@ -147,7 +147,7 @@ def make_egd_like(out_dir, *, n_images: int = 300, seed: int = 0, native_size=(3
     temporary folder beside ``out_dir`` and renamed into place at the end, so no reader ever
     sees a half-written set. With ``overwrite=True`` an existing set is replaced; other files in
     the folder are kept. ``difficulty`` (0 to 1): how weak and overlapping the class signatures
-    are (`cxrlib.synthetic_anatomy`).
+    are (`cxrlib.synthetic.anatomy`).
     """
     difficulty = anatomy.check_difficulty(difficulty)
     out = pathlib.Path(out_dir)

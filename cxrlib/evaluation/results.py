@@ -1,6 +1,6 @@
 """The reproduction report (notebook 07): the ablation runs' results, their statistics, the tables
 and the figure. Everything is read from the runs' ``metrics.json`` and ``per_image.csv`` files
-(written by :mod:`cxrlib.ablation`); nothing here trains or hard-codes a result.
+(written by :mod:`cxrlib.evaluation.ablation`); nothing here trains or hard-codes a result.
 
 Statistics (docs/method.md section 6), for each variant and metric:
 
@@ -25,8 +25,8 @@ import pandas as pd
 from scipy import stats
 
 from cxrlib import CLASS_NAMES, metrics
-from cxrlib.evaluate import PAPER_DATA, PAPER_RESULTS, SALIENCY_KEYS
-from cxrlib.variants import VARIANTS
+from cxrlib.evaluation.evaluate import PAPER_DATA, PAPER_RESULTS, SALIENCY_KEYS
+from cxrlib.config.variants import VARIANTS
 
 CLASSIFICATION = ("auc_macro", "auc_micro", *(f"auc_{c}" for c in CLASS_NAMES), "accuracy", "f1_macro")
 METRICS = CLASSIFICATION + SALIENCY_KEYS

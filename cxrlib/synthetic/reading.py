@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxrlib import synthetic_anatomy as anatomy
+from cxrlib.synthetic import anatomy
 
 SCREEN = (1920, 1080)  # width, height of the simulated reading display
 SURVEY_ZONES = ("upper", "middle", "lower")

@@ -1,7 +1,7 @@
 """What one training step of each stage computes, and the frozen-feature reuse of stages 2 and 3.
 
 A step function ``step(model, batch, extra=None) -> {"loss": ..., "logits"?: ..., "saliency_log"?: ...}``
-is what :class:`~cxrlib.train.Trainer` calls; the stage registry (:mod:`cxrlib.stages`) names
+is what :class:`~cxrlib.training.trainer.Trainer` calls; the stage registry (:mod:`cxrlib.training.stages`) names
 the one each stage uses. ``contrastive_step(config)`` is a factory: the loss is a setting.
 """
 
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from cxrlib import distributed, losses, precision
+from cxrlib import losses
+from cxrlib.training import distributed, precision
 from cxrlib.data import collate
 from cxrlib.data.augment import random_view
-from cxrlib.frozen_features import CachedFeatures, precompute
+from cxrlib.training.frozen_features import CachedFeatures, precompute
 
 
 # -- step functions ----------------------------------------------------------------------
@@ -39,7 +40,7 @@ def contrastive_step(config):
     SupCon and NT-Xent take GAP(denseblock4).
 
     Under torchrun the training loss is formed on the batch of all ranks (every rank's negatives
-    see the others'; gradients flow back through the all-gather, see ``cxrlib.distributed``);
+    see the others'; gradients flow back through the all-gather, see ``cxrlib.training.distributed``);
     validation, in eval mode, stays per rank.
     """
     # each loss takes its own hyper-parameter: the triplet a margin, SupCon / NT-Xent a temperature

@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cxrlib import precision
+from cxrlib.training import precision
 from cxrlib.model import MODEL_NAMES, build_model, set_activation_checkpointing
 from cxrlib.runtime import default_device
 
@@ -29,7 +29,7 @@ _UNETS = ("dual", "mtunet", "resse_unet")  # the models that take base_width
 
 
 def _autocast(device: torch.device, amp) -> "precision.Autocast":
-    """``--amp`` auto/bf16/fp16/none as the trainer's autocast set-up (cxrlib.precision): AMP on
+    """``--amp`` auto/bf16/fp16/none as the trainer's autocast set-up (cxrlib.training.precision): AMP on
     CUDA only, bf16 only on cards that have it natively unless asked for."""
     if amp in (False, "none"):
         return precision.autocast_settings(device, False)

@@ -27,7 +27,7 @@ from torch import nn
 
 from cxrlib import metrics as M
 from cxrlib.config import DEFAULT_CAMS
-from cxrlib.evaluate import SALIENCY_KEYS, saliency_table
+from cxrlib.evaluation.evaluate import SALIENCY_KEYS, saliency_table
 
 __all__ = ["CAM_METHODS", "LogitsOnly", "cam_maps", "predicted_saliency",
            "standard_methods", "scoreboard", "compare_methods", "scoreboard_figure",
@@ -199,7 +199,7 @@ def scoreboard(data, methods: dict[str, Callable], *, batch_size: int = 8,
                                      f"expected {(len(samples), *shape)}")
             gts = np.stack([_numpy(s["gaze_map"]).reshape(shape) for s in samples])
             for name, m in maps.items():
-                # the same per-image scoring as the test-split evaluation (cxrlib.evaluate)
+                # the same per-image scoring as the test-split evaluation (cxrlib.evaluation.evaluate)
                 table = saliency_table(m, gts, [s["fixations"] for s in samples])
                 for k, s in enumerate(samples):
                     rows.append({"image": start + k, "dicom_id": s["dicom_id"], "label": int(s["label"]),
