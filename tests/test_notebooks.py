@@ -192,7 +192,7 @@ def test_imports_in_one_cell_and_no_literal_paths_or_class_names(path):
 # -- executed in the smoke profile, headless (MPLBACKEND=Agg) --------------------------------------
 FIGURE_CALL = re.compile(r"\b(plots\.(?!save_figure|gaze_rows|heat_colorbar|use_inline_backend)\w+|"
                          r"diagram\.draw_network|viewer\.(?:qualitative_figure|show_comparison|best_and_worst)|"
-                         r"explain\.scoreboard_figure|results\.results_figure)\(")
+                         r"explain\.scoreboard_figure|results\.results_figure|external\.readers_figure)\(")
 
 
 @pytest.fixture(scope="module")
