@@ -79,7 +79,7 @@ def test_committed_without_outputs(path):
 
 
 # -- the notebooks as chapters (issue 14): goals, prose, equations, exercises, summaries ----------
-CHAPTERS = [p for p in NOTEBOOKS if p.name[:2] in {"01", "02", "03", "04", "05", "06", "07"}]
+CHAPTERS = [p for p in NOTEBOOKS if p.name[:2] in {"01", "02", "03", "04", "05", "06", "07", "08"}]
 # the equations each chapter promises: every keyword must share a markdown cell with LaTeX
 PROMISED_EQUATIONS = {
     "02": ("triplet", "SupCon", "NT-Xent"),
@@ -88,6 +88,7 @@ PROMISED_EQUATIONS = {
     "05": ("fusion classifier", "uncertainty"),
     "06": ("CC", "KLD", "SIM", "NSS", "AUC-Judd"),
     "07": ("bootstrap", "paired t-test"),
+    "08": ("one degree of visual angle", "mean of the others", "paired difference"),
 }
 DIAGRAM_STAGES = {"02": "stage1a", "03": "stage1b", "04": "stage2", "05": "stage3"}
 TRAINING_CALLS = re.compile(r"\b(run_stage|test_report|explain\.scoreboard|results\.compare_variants)\(")
@@ -191,7 +192,7 @@ def test_imports_in_one_cell_and_no_literal_paths_or_class_names(path):
 # -- executed in the smoke profile, headless (MPLBACKEND=Agg) --------------------------------------
 FIGURE_CALL = re.compile(r"\b(plots\.(?!save_figure|gaze_rows|heat_colorbar|use_inline_backend)\w+|"
                          r"diagram\.draw_network|viewer\.(?:qualitative_figure|show_comparison|best_and_worst)|"
-                         r"explain\.scoreboard_figure|results\.results_figure)\(")
+                         r"explain\.scoreboard_figure|results\.results_figure|external\.readers_figure)\(")
 
 
 @pytest.fixture(scope="module")

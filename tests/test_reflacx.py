@@ -1,5 +1,6 @@
 """REFLACX: the loader on the synthetic REFLACX-format set, bad input, the map convention, the
-inter-reader ceiling and the exclusion of EGD training images."""
+inter-reader ceiling and the exclusion of EGD training images. (A hand-built folder in the
+release's format, independent of the synthetic writer: test_reflacx_release_format.py.)"""
 
 import shutil
 
@@ -12,7 +13,7 @@ from cxrlib import cli
 from cxrlib.evaluation import external
 from cxrlib.data import Geometry
 from cxrlib.data.gaze import GazePoints, ShownGazePoints, gaze_map
-from cxrlib.data.reflacx import REFLACXDataset, mapped_labels, read_metadata
+from cxrlib.data.reflacx import READING_ID, REFLACXDataset, mapped_labels, read_metadata
 from cxrlib.synthetic.reflacx import make_reflacx_like
 
 SIZE = (64, 64)
@@ -43,7 +44,7 @@ def multi_reader_image(ds):
 
 
 # -- the loader ----------------------------------------------------------------------------
-def test_samples_have_the_egd_form_plus_reader_and_reading(reflacx_root):
+def test_samples_have_the_egd_form_plus_reading_id_and_index(reflacx_root):
     ds = dataset(reflacx_root)
     meta = read_metadata(reflacx_root)
     assert len(ds) == int((~meta["eye_tracking_data_discarded"]).sum())
@@ -53,11 +54,14 @@ def test_samples_have_the_egd_form_plus_reader_and_reading(reflacx_root):
         assert s["gaze_map"].shape == (1, *SIZE) and (s["gaze_map"] >= 0).all()
         assert s["gaze_map"].sum().item() == pytest.approx(1.0, abs=1e-4)
         assert s["label"] == -1 and len(s["dicom_id"]) == 44 and s["patient_id"].isdigit()
-        assert s["reading_id"].startswith(f"P{meta.set_index('id').loc[s['reading_id'], 'phase']}{s['reader_id']}R")
+        phase = meta.set_index("id").loc[s["reading_id"], "phase"]
+        assert READING_ID.match(s["reading_id"]).group(1) == str(phase)
+        assert ds.readings_by_image()[s["dicom_id"]][s["reading_index"]] == i
         fx = s["fixations"]
         assert fx.ndim == 2 and len(fx) > 0 and (fx >= -0.5).all() and (fx <= SIZE[1] - 0.5).all()
     summary = ds.summary()
-    assert summary["images_with_several_readers"] >= 2 and summary["readers"] == 5
+    assert summary["images_with_several_readings"] >= 2 and "readers" not in summary
+    assert summary["most_readings_of_an_image"] == 5 and summary["images_in_several_phases"] == 0
 
 
 def test_discarded_readings_are_skipped_and_counted(reflacx_root):
@@ -66,16 +70,17 @@ def test_discarded_readings_are_skipped_and_counted(reflacx_root):
     n_discarded = int(meta["eye_tracking_data_discarded"].sum())
     assert n_discarded > 0 and ds.discarded == n_discarded
     assert not set(meta.loc[meta["eye_tracking_data_discarded"], "id"]) & set(ds.meta["id"])
-    # A discarded reading needs no fixations file: the synthetic set writes none for them.
-    assert not any((reflacx_root / "main_data" / i / "fixations.csv").exists()
-                   for i in meta.loc[meta["eye_tracking_data_discarded"], "id"])
+    # A discarded reading's folder holds only the two box files, as in the release.
+    for i in meta.loc[meta["eye_tracking_data_discarded"], "id"]:
+        assert sorted(f.name for f in (reflacx_root / "main_data" / i).iterdir()) == \
+            ["anomaly_location_ellipses.csv", "chest_bounding_box.csv"]
 
 
 def test_cache_serves_the_same_sample(reflacx_root, tmp_path):
     ds = dataset(reflacx_root, cache_dir=tmp_path / "cache")
     first, again = ds[1], ds[1]
     assert len(list((tmp_path / "cache").glob("*/*.bin"))) == 1
-    assert torch.equal(first["gaze_map"], again["gaze_map"]) and first["reader_id"] == again["reader_id"]
+    assert torch.equal(first["gaze_map"], again["gaze_map"]) and first["reading_id"] == again["reading_id"]
 
 
 def test_jpg_images_are_accepted(reflacx):
@@ -87,6 +92,20 @@ def test_jpg_images_are_accepted(reflacx):
         Image.fromarray((read_dicom(dcm) * 255).astype(np.uint8)).save(dcm.with_suffix(".jpg"))
         dcm.unlink()
     assert dataset(reflacx)[0]["image"].shape == (1, *SIZE)
+
+
+def test_the_writer_uses_the_release_id_scheme_and_line_ends(reflacx_root):
+    meta = read_metadata(reflacx_root)
+    parts = meta["id"].str.extract(READING_ID)
+    assert (parts[0].astype(int) == meta["phase"]).all()
+    assert (parts.loc[meta["phase"] == 3, 1] == "00").all()
+    early = meta[meta["phase"] < 3]
+    per_trial = early.groupby(["phase", "trial"])["dicom_id"]
+    assert (per_trial.nunique() == 1).all() and (per_trial.size() == 5).all()  # one image, five readings per trial
+    assert (meta[meta["phase"] == 3].groupby("dicom_id").size() == 1).all()
+    for phase in (1, 2, 3):
+        raw = metadata(reflacx_root, phase).read_bytes()
+        assert raw.count(b"\r\n") == raw.count(b"\n") == len(meta[meta["phase"] == phase]) + 1
 
 
 # -- bad input -----------------------------------------------------------------------------
@@ -211,6 +230,53 @@ def test_each_fixation_weighs_its_duration_whatever_its_sigma():
     assert heat[:, :64].sum() == pytest.approx(0.5, abs=1e-3) and heat[:, :64].max() > 3 * heat[:, 64:].max()
 
 
+@pytest.mark.parametrize("convention", ["reflacx", "fixed_sigma"])
+def test_off_image_fixations_dropped_or_cut(convention):
+    """"drop" loses a fixation just past the border; "cut" (the REFLACX authors' heatmaps) keeps
+    its Gaussian, cut to the image, so mass appears along that border."""
+    native = (200, 200)
+    geometry = Geometry.fit(native, (64, 64))
+    xy = [[100.0, 100.0], [205.0, 50.0]]  # the second is 5 px right of the image
+    points = (shown_points(xy, [1.0, 1.0], (10.0, 10.0), (0, 0, 199, 199)) if convention == "reflacx"
+              else GazePoints(np.asarray(xy), np.ones(2)))
+    sigma = None if convention == "reflacx" else 10.0
+    dropped, n_dropped = gaze_map(points, geometry, sigma, convention=convention)
+    cut, n_cut = gaze_map(points, geometry, sigma, convention=convention, off_image="cut")
+    alone, _ = gaze_map(type(points)(*(np.asarray(getattr(points, f))[:1] for f in points.__dataclass_fields__)),
+                        geometry, sigma, convention=convention)
+    assert (n_dropped, n_cut) == (1, 0)
+    np.testing.assert_allclose(dropped, alone, atol=1e-7)
+    edge = cut[8:24, -4:].sum()  # rows around y = 50, the right-most columns
+    assert edge > 0.1 and dropped[8:24, -4:].sum() < 1e-3
+    assert cut.sum() == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="off_image must be one of"):
+        gaze_map(points, geometry, sigma, convention=convention, off_image="clip")
+
+
+def test_off_image_cut_matches_the_authors_construction():
+    """Built the way the REFLACX authors' generate_heatmaps.py describes it (each fixation a
+    normal density evaluated on the native pixels of its shown rectangle, times its duration,
+    summed, normalised) and then resampled like the image: the same map as ``off_image="cut"``."""
+    native = (128, 128)
+    geometry = Geometry.fit(native, (64, 64), "stride")  # output pixel j is native pixel 2 j
+    assert geometry.stride == 2
+    xy = np.array([[30.0, 40.0], [131.0, 70.0], [60.0, -4.0]])  # two off the image
+    duration = np.array([0.3, 0.5, 0.2])
+    ppd = np.array([[9.0, 7.0], [6.0, 6.0], [8.0, 8.0]])
+    shown = np.array([[0, 0, 127, 127], [50, 30, 127, 127], [0, 0, 127, 127]], float)
+    rows, cols = np.mgrid[0:128, 0:128].astype(float)
+    reference = np.zeros(native)
+    for (x, y), d, (sx, sy), (x0, y0, x1, y1) in zip(xy, duration, ppd, shown):
+        density = np.exp(-0.5 * (((cols - x) / sx) ** 2 + ((rows - y) / sy) ** 2)) / (2 * np.pi * sx * sy)
+        density[(cols < x0) | (cols > x1) | (rows < y0) | (rows > y1)] = 0
+        reference += d * density
+    reference = reference[::2, ::2] / reference[::2, ::2].sum()
+    heat, dropped = gaze_map(ShownGazePoints(xy, duration, ppd, shown), geometry, None, convention="reflacx",
+                             off_image="cut")
+    assert dropped == 0
+    np.testing.assert_allclose(heat, reference, atol=1e-6)
+
+
 def test_reflacx_convention_needs_its_points():
     geometry = Geometry.fit((100, 100), (64, 64))
     with pytest.raises(TypeError, match="ShownGazePoints"):
@@ -229,7 +295,7 @@ def test_identical_readers_reach_the_top_of_the_ceiling(reflacx):
         shutil.copyfile(source, reflacx / "main_data" / reading / "fixations.csv")
     table = external.ceiling_table(dataset(reflacx))
     same = table[table["dicom_id"] == dicom_id]
-    assert len(same) == len(readings) and (same["n_readers"] == len(readings)).all()
+    assert len(same) == len(readings) and (same["n_readings"] == len(readings)).all()
     np.testing.assert_allclose(same["cc"], 1.0, atol=1e-5)
     np.testing.assert_allclose(same["sim"], 1.0, atol=1e-4)
     assert (same["kld"].abs() < 1e-4).all()
@@ -240,8 +306,8 @@ def test_identical_readers_reach_the_top_of_the_ceiling(reflacx):
     assert row["n_images"] == table["dicom_id"].nunique() and row["ci_low"] <= row["mean"] <= row["ci_high"]
 
 
-def test_ceiling_needs_images_with_several_readers(reflacx_root):
-    with pytest.raises(ValueError, match="no image has 6 or more readers"):
+def test_ceiling_needs_images_with_several_readings(reflacx_root):
+    with pytest.raises(ValueError, match="no image has 6 or more readings"):
         external.ceiling_table(dataset(reflacx_root), min_readers=6)
 
 
@@ -273,8 +339,8 @@ def test_cli_writes_the_reflacx_format(tmp_path, capsys):
 
 def test_gap_to_ceiling_pairs_readings():
     rng = np.random.default_rng(0)
-    ceiling = pd.DataFrame({"dicom_id": np.repeat(["a", "b", "c"], 2), "reader_id": ["1", "2"] * 3,
-                            "reading_id": [f"r{i}" for i in range(6)], "n_readers": 2, "map": external.CEILING,
+    ceiling = pd.DataFrame({"dicom_id": np.repeat(["a", "b", "c"], 2), "reading_index": [0, 1] * 3,
+                            "reading_id": [f"r{i}" for i in range(6)], "n_readings": 2, "map": external.CEILING,
                             **{k: rng.uniform(0.2, 0.8, 6) for k in external.SALIENCY_KEYS}})
     model = ceiling.assign(map=external.MODEL, cc=ceiling["cc"] + 0.1).sample(frac=1, random_state=0)  # other order
     gap = external.gap_to_ceiling(pd.concat([model, ceiling]), n_boot=50).set_index("metric")

@@ -209,7 +209,8 @@ class ExternalConfig(StageConfig):
     reflacx_image_root: str | None = None  # MIMIC-CXR(-JPG) root holding files/p10/...; None: image_root
     reflacx_phases: tuple = (1, 2, 3)
     label_mapping: str | None = None
-    min_readers: int = 2  # readers an image needs to enter the inter-reader ceiling
+    min_readers: int = 2  # readings (each a different radiologist) an image needs to enter the inter-reader ceiling
+    reflacx_off_image: str = "drop"  # fixations off the image: "drop" (and count) | "cut" (REFLACX authors' heatmaps)
     synthetic_reflacx_images: int = 40
     example_image: str | None = None  # dicom_id of the readers figure; None: the most-read image
 
@@ -218,6 +219,8 @@ class ExternalConfig(StageConfig):
             raise ValueError(f"parameter 'label_mapping' must be None, 'none' or 'certainty', got {self.label_mapping!r}")
         if self.min_readers < 2:
             raise ValueError(f"parameter 'min_readers' must be at least 2 (a ceiling needs other readers), got {self.min_readers}")
+        if self.reflacx_off_image not in ("drop", "cut"):
+            raise ValueError(f"parameter 'reflacx_off_image' must be 'drop' or 'cut', got {self.reflacx_off_image!r}")
         if not set(self.reflacx_phases) <= {1, 2, 3}:
             raise ValueError(f"parameter 'reflacx_phases' must be a subset of (1, 2, 3), got {self.reflacx_phases!r}")
 

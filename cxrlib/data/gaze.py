@@ -25,11 +25,18 @@ each fixation's Gaussian has its own sigma (1 degree of visual angle: the row's 
 degree, separately along x and y), is weighted by the fixation's duration and is cut to the part
 of the image on screen at that moment (zoom and pan). With one sigma for all points, equal
 durations and the whole image shown it is the fixed-sigma map (a test checks it).
+
+Fixations off the image (``off_image``, :data:`OFF_IMAGE`): ``"drop"`` (the default) drops and
+counts them, as for EGD-CXR. ``"cut"`` is what the REFLACX authors' own heatmaps do
+(``examples_and_paper_numbers/generate_heatmaps.py`` in ricbl/eyetracking): every fixation keeps
+its Gaussian, evaluated only on the image rectangle shown with it, so a fixation just past the
+border still puts its tail on the image. With the fixed-sigma convention ``"cut"`` cuts to the
+image. Only points with a non-finite coordinate are dropped then.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +49,7 @@ GAZE_COLUMNS = ("DICOM_ID", "X_ORIGINAL", "Y_ORIGINAL")
 DURATION_COLUMN = "FPOGD"
 PAPER_SIGMA_PX = 75.5  # paper code: OpenCV kernel 501, sigma 0 -> 0.3*((501-1)*0.5-1)+0.8
 CONVENTIONS = ("fixed_sigma", "reflacx")
+OFF_IMAGE = ("drop", "cut")  # fixations off the image: dropped and counted, or (REFLACX authors) kept and cut
 REFLACX_SIGMA_DEGREES = 1.0  # REFLACX heatmaps: sigma of one degree of visual angle
 MIMIC_NATIVE_SIDE = 3000.0  # typical long side of a MIMIC-CXR image, to express sigma relatively
 
@@ -63,6 +71,11 @@ class GazePoints:
         """Keep the points on the image; return them and how many were dropped."""
         keep = _on_image(self.xy, native_shape)
         return GazePoints(self.xy[keep], self.weight[keep]), int((~keep).sum())
+
+    def finite(self) -> tuple["GazePoints", int]:
+        """Keep every point with finite coordinates, on the image or not (``off_image="cut"``)."""
+        keep = np.isfinite(self.xy).all(axis=1)
+        return type(self)(*(getattr(self, f.name)[keep] for f in fields(self))), int((~keep).sum())
 
 
 @dataclass
@@ -144,7 +157,7 @@ def _weights_or_fail(points: GazePoints, dicom_id: str, dropped: int) -> np.ndar
 
 
 def gaze_map(points: GazePoints, geometry: Geometry, sigma_px: float | None, *, dicom_id: str = "?",
-             convention: str = "fixed_sigma"):
+             convention: str = "fixed_sigma", off_image: str = "drop"):
     """Gaussian gaze map on the output grid of ``geometry``. Returns (map (H, W) float32, dropped).
 
     Each point's Gaussian (``sigma_px`` native pixels) is evaluated at the output pixel centres
@@ -157,10 +170,16 @@ def gaze_map(points: GazePoints, geometry: Geometry, sigma_px: float | None, *, 
     too, so the same product computes it. Each Gaussian is a density (divided by its sigmas), so
     its mass is its weight (the duration) before the cut; a clipped Gaussian is not renormalised:
     the mass outside the screen was not seen.
+
+    ``off_image="cut"`` keeps the fixations off the image (the REFLACX authors' heatmaps): their
+    Gaussians are cut like every other, to the shown rectangle and the image; ``dropped`` then
+    counts only points without finite coordinates.
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-    inside, dropped = points.inside(geometry.native)
+    if off_image not in OFF_IMAGE:
+        raise ValueError(f"off_image must be one of {OFF_IMAGE}, got {off_image!r}")
+    inside, dropped = points.inside(geometry.native) if off_image == "drop" else points.finite()
     weights = _weights_or_fail(inside, dicom_id, dropped)
     H, W = geometry.target
     centres = geometry.apply_points(inside.xy).astype(np.float64)  # (N, 2) output coords

@@ -1,4 +1,4 @@
-"""REFLACX as a PyTorch data set: a second gaze data set, several radiologists per image.
+"""REFLACX as a PyTorch data set: a second gaze data set, several readings per image.
 
 REFLACX (Bigolin Lanfredi et al., PhysioNet ``reflacx-xray-localization`` 1.0.0) recorded 3,032
 readings of 2,616 MIMIC-CXR images by five radiologists. Its folder holds
@@ -11,14 +11,25 @@ angle along x and y, and the image rectangle on screen at that moment (``xmin_sh
 ... ``ymax_shown_from_image``; the readers zoomed and panned).
 
 :class:`REFLACXDataset` yields one sample per kept reading, in the form of ``EGDDataset``'s
-samples plus ``reader_id`` and ``reading_id``. Its gaze map follows REFLACX's own convention
-(``gaze_map(..., convention="reflacx")``). Images come from ``image_root`` (the MIMIC-CXR or
+samples plus ``reading_id`` and ``reading_index``. Its gaze map follows REFLACX's own convention
+(``gaze_map(..., convention="reflacx")``), with fixations off the image dropped and counted
+(``off_image="drop"``) or, as the REFLACX authors' own heatmaps do, kept with their Gaussian
+cut to the shown rectangle (``off_image="cut"``). Images come from ``image_root`` (the MIMIC-CXR or
 MIMIC-CXR-JPG folder holding ``files/p10/...``), read and resampled by the same code as EGD.
-Readings whose eye tracking REFLACX discarded are skipped and counted (``discarded``); every
-other problem stops the build with the file and line.
+Readings whose eye tracking REFLACX discarded are skipped and counted (``discarded``); their
+folders hold only ``chest_bounding_box.csv`` and ``anomaly_location_ellipses.csv``, and nothing
+of them is read. Every other problem stops the build with the file and line.
 
-The radiologist of a reading is its ``reader_id`` column if there is one, else the two digits
-after the phase in the reading id (``P<phase><reader>R<number>``).
+**Readings, not readers.** A reading id is ``P<phase><trial>R<random>``: the phase digit, two
+digits for the *trial* (the image's place in the reading list of phases 1 and 2, which all five
+radiologists read; ``00`` in phase 3) and six random digits (facts from the data set's public
+builder, ``post_processing_and_dataset_generation/create_main_table.py`` in ricbl/eyetracking).
+The radiologist who made a reading is in no public file, so nothing here counts or names
+radiologists. Each reading of an image is treated as a different radiologist's, which the study
+protocol makes true within phases 1 and 2 (each radiologist read the list once); an image read
+in more than one phase (``summary()`` counts them) may have been read twice by one radiologist,
+which the public files cannot tell. ``reading_index`` numbers the kept readings of an image
+0, 1, ... in (phase, id) order, a stable index for pairing readings (the inter-reader ceiling).
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from torch.utils.data import Dataset
 from cxrlib.data.cache import SampleCache, sample_key
 from cxrlib.data.dicom import read_image
 from cxrlib.data.egd import resolve_image_path
-from cxrlib.data.gaze import ShownGazePoints, gaze_map
+from cxrlib.data.gaze import OFF_IMAGE, ShownGazePoints, gaze_map
 from cxrlib.data.geometry import RESIZE_MODES, Geometry, check_image_size
 
 PHASES = (1, 2, 3)
@@ -43,9 +54,9 @@ FIXATION_COLUMNS = ("x_position", "y_position", "timestamp_start_fixation", "tim
                     "angular_resolution_x_pixels_per_degree", "angular_resolution_y_pixels_per_degree",
                     "xmin_shown_from_image", "ymin_shown_from_image", "xmax_shown_from_image",
                     "ymax_shown_from_image")
-READER_IN_ID = re.compile(r"^P(\d)(\d\d)R")
-NOT_FINDINGS = ("Support devices", "Quality issue", "split")  # metadata columns that are no abnormality
-ADDED_COLUMNS = ("reader_id", "phase", "source_file", "source_line", "label")  # what the loader adds
+READING_ID = re.compile(r"^P([123])(\d\d)R(\d{6})$")  # phase, trial ("00" in phase 3), random number
+NOT_FINDINGS = ("Support devices", "Quality issue", "Other", "split")  # metadata columns that are no abnormality
+ADDED_COLUMNS = ("trial", "reading_index", "phase", "source_file", "source_line", "label")  # what the loader adds
 
 # REFLACX has per-abnormality certainties (1 "unlikely" ... 5 "consistent with"), not the three
 # EGD classes. Classification on REFLACX is only meaningful through an explicit rule; this is
@@ -102,8 +113,22 @@ def _flag(value) -> bool | None:
     return {"true": True, "1": True, "1.0": True, "false": False, "0": False, "0.0": False}.get(text)
 
 
+def _trials(ids, phase: int, path):
+    """The trial digits of each reading id, checked against REFLACX's id scheme and the file's phase."""
+    parts = ids.str.extract(READING_ID)
+    bad = parts[0].isna() | (parts[0] != str(phase))
+    if phase == 3:
+        bad |= parts[1] != "00"
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        form = "P300R<6 digits>" if phase == 3 else f"P{phase}<trial, 2 digits>R<6 digits>"
+        _fail(path, row, f"reading id {ids.iloc[row]!r} is not a phase-{phase} REFLACX id ({form}); "
+                         f"is this the metadata file of phase {phase}?")
+    return parts[1]
+
+
 def read_metadata(reflacx_root, phases=PHASES):
-    """The metadata of the given phases as one DataFrame (``phase``, ``reader_id`` added, ids checked)."""
+    """The metadata of the given phases as one DataFrame (``phase``, ``trial`` added, ids checked)."""
     import pandas as pd
 
     main = Path(reflacx_root) / "main_data"
@@ -123,14 +148,7 @@ def read_metadata(reflacx_root, phases=PHASES):
         table["eye_tracking_data_discarded"] = flags.astype(bool)
         table["id"] = table["id"].astype(str).str.strip()
         table["dicom_id"] = table["dicom_id"].astype(str).str.strip()
-        if "reader_id" not in table.columns:
-            readers = table["id"].str.extract(READER_IN_ID)[1]
-            if readers.isna().any():
-                row = int(np.flatnonzero(readers.isna().to_numpy())[0])
-                _fail(path, row, f"reading id {table['id'].iloc[row]!r} does not name its radiologist "
-                                 f"(P<phase><reader>R...) and there is no reader_id column")
-            table["reader_id"] = readers
-        table["reader_id"] = table["reader_id"].astype(str)
+        table["trial"] = _trials(table["id"], phase, path)
         table["phase"], table["source_file"], table["source_line"] = phase, str(path), np.arange(len(table)) + 2
         tables.append(table)
     meta = pd.concat(tables, ignore_index=True)
@@ -207,8 +225,9 @@ class REFLACXDataset(Dataset):
     ``gaze_map`` (1, H, W) float32 summing to 1; ``fixations`` (N, 2) output-pixel (x, y) of the
     fixations on the image; ``label`` (-1 unless ``label_mapping`` places the reading);
     ``dicom_id``; ``patient_id`` (MIMIC ``subject_id``); ``gaze_dropped``; ``native_shape``;
-    and ``reader_id`` and ``reading_id``. One sample per reading, so an image read by several
-    radiologists appears several times (:meth:`readings_by_image`).
+    ``reading_id`` (the REFLACX id) and ``reading_index`` (0, 1, ... among the kept readings of
+    the image). One sample per reading, so an image read several times appears several times
+    (:meth:`readings_by_image`); each reading counts as a different radiologist's (module notes).
 
     Parameters
     ----------
@@ -219,16 +238,22 @@ class REFLACXDataset(Dataset):
     exclude_dicom_ids : images to leave out (e.g. the EGD-CXR training split); counted in
         ``excluded``.
     label_mapping : a name of ``LABEL_MAPPINGS`` or None (saliency only).
+    off_image : fixations off the image: ``"drop"`` (dropped and counted in ``gaze_dropped``)
+        or ``"cut"`` (the REFLACX authors' heatmaps: kept, their Gaussian cut to the shown
+        rectangle); see ``cxrlib.data.gaze.OFF_IMAGE``.
     """
 
     def __init__(self, reflacx_root, image_root=None, *, image_size=(320, 256), resize="pad_resize",
-                 phases=PHASES, exclude_dicom_ids=None, label_mapping=None, cache_dir=None, voi_lut=False):
+                 phases=PHASES, exclude_dicom_ids=None, label_mapping=None, cache_dir=None, voi_lut=False,
+                 off_image="drop"):
         self.reflacx_root = Path(reflacx_root)
         self.image_root = Path(image_root) if image_root is not None else self.reflacx_root
         self.image_size = check_image_size(image_size)
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-        self.resize, self.voi_lut, self.label_mapping = resize, voi_lut, label_mapping
+        if off_image not in OFF_IMAGE:
+            raise ValueError(f"off_image must be one of {OFF_IMAGE}, got {off_image!r}")
+        self.resize, self.voi_lut, self.label_mapping, self.off_image = resize, voi_lut, label_mapping, off_image
         meta = read_metadata(self.reflacx_root, phases)
         meta["label"] = mapped_labels(meta, label_mapping)
         discarded = meta["eye_tracking_data_discarded"].to_numpy()
@@ -238,7 +263,9 @@ class REFLACXDataset(Dataset):
         dropped = meta["dicom_id"].isin(exclude).to_numpy()
         self.excluded = int(dropped.sum())  # readings
         self.excluded_images = int(meta.loc[dropped, "dicom_id"].nunique())
-        self.meta = meta[~dropped].reset_index(drop=True)
+        meta = meta[~dropped].sort_values(["phase", "id"], kind="stable")
+        meta["reading_index"] = meta.groupby("dicom_id", sort=False).cumcount()
+        self.meta = meta.sort_index().reset_index(drop=True)  # metadata order; the index stays (phase, id) order
         if self.meta.empty:
             raise ValueError(f"{self.reflacx_root}: no reading left ({self.discarded} discarded by REFLACX, "
                              f"{self.excluded} excluded); check phases= and exclude_dicom_ids=")
@@ -250,7 +277,12 @@ class REFLACXDataset(Dataset):
                 raise FileNotFoundError(
                     f"{row.source_file}, line {row.source_line} (reading {row.id}): image not found: {missing} "
                     f"(also looked for the MIMIC-CXR-JPG .jpg); image_root must hold files/p10/...") from None
-            self.fixations.append(read_fixations(self.reflacx_root / "main_data" / row.id / "fixations.csv"))
+            fixations = self.reflacx_root / "main_data" / row.id / "fixations.csv"
+            if not fixations.is_file():
+                raise FileNotFoundError(
+                    f"{row.source_file}, line {row.source_line} (reading {row.id}): fixations file not found: "
+                    f"{fixations}; a reading with eye_tracking_data_discarded False needs one")
+            self.fixations.append(read_fixations(fixations))
         self.cache = SampleCache(cache_dir)
         self._keys: dict[int, str] = {}
 
@@ -260,11 +292,13 @@ class REFLACXDataset(Dataset):
     @property
     def params(self) -> dict:
         # "reflacx_map" versions the map construction: bump it when gaze_map's REFLACX branch changes.
-        return {"reflacx_map": 2, "image_size": self.image_size, "resize": self.resize, "voi_lut": self.voi_lut}
+        return {"reflacx_map": 2, "image_size": self.image_size, "resize": self.resize, "voi_lut": self.voi_lut,
+                "off_image": self.off_image}
 
     def readings_by_image(self) -> dict[str, list[int]]:
-        """{dicom_id: sample indices of its readings}, in metadata order."""
-        return {d: list(map(int, idx)) for d, idx in self.meta.groupby("dicom_id", sort=False).indices.items()}
+        """{dicom_id: sample indices of its readings}, in ``reading_index`` order."""
+        order = self.meta.sort_values("reading_index", kind="stable")
+        return {d: list(map(int, part.index)) for d, part in order.groupby("dicom_id", sort=False)}
 
     def _compute(self, index: int) -> dict:
         row = self.meta.iloc[index]
@@ -277,7 +311,7 @@ class REFLACXDataset(Dataset):
         geometry = Geometry.fit(native.shape, self.image_size, self.resize)
         points = self.fixations[index]
         gaze, dropped = gaze_map(points, geometry, None, dicom_id=f"{row['dicom_id']} (reading {row['id']})",
-                                 convention="reflacx")
+                                 convention="reflacx", off_image=self.off_image)
         inside, _ = points.inside(native.shape)
         return {"image": np.round(np.clip(geometry.apply_image(native), 0, 1) * 65535).astype(np.uint16),
                 "gaze_map": gaze, "fixations": geometry.apply_points(inside.xy),
@@ -305,13 +339,19 @@ class REFLACXDataset(Dataset):
             "patient_id": str(row["subject_id"]),
             "gaze_dropped": int(arrays["gaze_dropped"]),
             "native_shape": tuple(int(v) for v in arrays["native_shape"]),
-            "reader_id": row["reader_id"],
             "reading_id": row["id"],
+            "reading_index": int(row["reading_index"]),
         }
 
     def summary(self):
-        """Counts: readings kept, images, readers, images with several readers, discarded, excluded."""
-        per_image = self.meta.groupby("dicom_id")["reader_id"].nunique()
-        return {"readings": len(self), "images": int(per_image.size), "readers": int(self.meta["reader_id"].nunique()),
-                "images_with_several_readers": int((per_image >= 2).sum()), "discarded_readings": self.discarded,
-                "excluded_readings": self.excluded, "excluded_images": self.excluded_images}
+        """Counts: readings kept, images, images read several times, the most readings of one image,
+        images read in more than one phase, discarded and excluded. No count of radiologists: the
+        public files do not say who made a reading."""
+        per_image = self.meta.groupby("dicom_id")
+        readings = per_image.size()
+        return {"readings": len(self), "images": int(readings.size),
+                "images_with_several_readings": int((readings >= 2).sum()),
+                "most_readings_of_an_image": int(readings.max()),
+                "images_in_several_phases": int((per_image["phase"].nunique() >= 2).sum()),
+                "discarded_readings": self.discarded, "excluded_readings": self.excluded,
+                "excluded_images": self.excluded_images}

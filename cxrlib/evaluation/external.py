@@ -2,13 +2,15 @@
 
 EGD-CXR has one radiologist, so its CC of a predicted map says nothing about how close a model
 can get: another radiologist would not match the first exactly either. REFLACX has images read
-by several radiologists. Two questions, with the same five metrics (CC, KLD, SIM, NSS, AUC-Judd;
+several times. Two questions, with the same five metrics (CC, KLD, SIM, NSS, AUC-Judd;
 Bylinskii et al. 2019, as in ``cxrlib.metrics``):
 
-* **The inter-reader ceiling.** For an image with several readers, each reader's map (and
-  fixations) is the ground truth and the mean map of the *other* readers the prediction. That is
-  how well "what other radiologists looked at" predicts one radiologist: a model of gaze in
-  general should not be expected to beat it.
+* **The inter-reader ceiling.** For an image with several readings, each reading's map (and
+  fixations) is the ground truth and the mean map of the image's *other* readings the
+  prediction. That is how well "what other radiologists looked at" predicts one radiologist: a
+  model of gaze in general should not be expected to beat it. The public files do not say who
+  made a reading; each reading of an image counts as a different radiologist's, true by the
+  study's protocol within phases 1 and 2 (``cxrlib.data.reflacx``).
 * **External validation.** The stage-3 model trained on EGD-CXR predicts the map of every
   REFLACX reading (other readers, another eye tracker, another map convention), beside the
   centre-bias baseline. Images that are also in the EGD-CXR training split are left out and
@@ -29,8 +31,8 @@ import pandas as pd
 from cxrlib import metrics
 from cxrlib.evaluation.evaluate import SALIENCY_KEYS, _jsonable, saliency_table
 
-CEILING, MODEL, CENTRE = "inter-reader (mean of the other readers)", "model (stage 3)", "centre bias"
-ALL, SEVERAL = "all readings", "images with several readers"
+CEILING, MODEL, CENTRE = "inter-reader (mean of the other readings)", "model (stage 3)", "centre bias"
+ALL, SEVERAL = "all readings", "images with several readings"
 
 
 def ensure_reflacx(config, *, progress: bool = True) -> tuple[Path, Path]:
@@ -75,39 +77,36 @@ def reflacx_data(config, *, exclude_dicom_ids=None, progress: bool = True):
     root, image_root = ensure_reflacx(config, progress=progress)
     return REFLACXDataset(root, image_root, image_size=config.image_size, resize=config.resize,
                           phases=config.reflacx_phases, exclude_dicom_ids=exclude_dicom_ids,
-                          label_mapping=config.label_mapping, cache_dir=Path(config.run_dir) / "cache")
-
-
-def _readers_per_image(data) -> pd.Series:
-    return data.meta.groupby("dicom_id")["reader_id"].nunique()
+                          label_mapping=config.label_mapping, cache_dir=Path(config.run_dir) / "cache",
+                          off_image=config.reflacx_off_image)
 
 
 def _ids(data) -> pd.DataFrame:
-    counts = _readers_per_image(data)
-    return pd.DataFrame({"dicom_id": data.meta["dicom_id"], "reader_id": data.meta["reader_id"],
-                         "reading_id": data.meta["id"], "n_readers": data.meta["dicom_id"].map(counts).to_numpy()})
+    counts = data.meta.groupby("dicom_id").size()
+    return pd.DataFrame({"dicom_id": data.meta["dicom_id"], "reading_id": data.meta["id"],
+                         "reading_index": data.meta["reading_index"],
+                         "n_readings": data.meta["dicom_id"].map(counts).to_numpy()})
 
 
 def ceiling_table(data, *, min_readers: int = 2) -> pd.DataFrame:
-    """One row per reading of an image with ``min_readers`` or more readers: that reader's map and
-    fixations scored against the mean map of the other readers of the image."""
+    """One row per reading of an image read ``min_readers`` or more times: that reading's map
+    and fixations scored against the mean map of the image's other readings (each reading
+    counts as another radiologist: the module notes say when that holds)."""
     ids = _ids(data)
     preds, targets, fixations, rows = [], [], [], []
     for dicom_id, indices in data.readings_by_image().items():
-        readers = ids["reader_id"].to_numpy()[indices]
-        if len(set(readers)) < min_readers:
+        if len(indices) < min_readers:
             continue
         samples = [data[i] for i in indices]
         maps = np.stack([s["gaze_map"][0].numpy().astype(np.float64) for s in samples])
         for k, sample in enumerate(samples):
-            others = readers != readers[k]  # a reader's second reading of the image is no "other"
-            preds.append(maps[others].mean(0))
+            preds.append(np.delete(maps, k, axis=0).mean(0))  # the other readings of the image
             targets.append(maps[k])
             fixations.append(sample["fixations"].numpy())
             rows.append(indices[k])
     if not rows:
-        raise ValueError(f"no image has {min_readers} or more readers: the inter-reader ceiling needs some "
-                         f"(REFLACX phases 1 and 2 have them; check reflacx_phases)")
+        raise ValueError(f"no image has {min_readers} or more readings: the inter-reader ceiling needs some "
+                         f"(REFLACX phases 1 and 2 have up to five per image; check reflacx_phases and min_readers)")
     scores = saliency_table(np.stack(preds), np.stack(targets), fixations)
     return pd.concat([ids.iloc[rows].reset_index(drop=True).assign(map=CEILING), scores], axis=1)
 
@@ -131,7 +130,7 @@ def summary_table(table: pd.DataFrame, *, min_readers: int = 2, n_boot: int = 10
     """Mean and 95 % CI per map, subset and metric: readings averaged per image, bootstrap over images.
 
     The model and the centre bias are summarised over all readings and over the readings of
-    images with ``min_readers`` or more readers: the latter is the set the ceiling is measured on.
+    images read ``min_readers`` or more times: the latter is the set the ceiling is measured on.
     """
     out = []
     for (name, subset), part in _subsets(table, min_readers):
@@ -151,13 +150,13 @@ def _subsets(table, min_readers):
     for name, part in table.groupby("map", sort=False):
         if name != CEILING:
             yield (name, ALL), part
-        several = part[part["n_readers"] >= min_readers]
+        several = part[part["n_readings"] >= min_readers]
         if len(several):
             yield (name, SEVERAL), several
 
 
 def comparison(summary: pd.DataFrame) -> pd.DataFrame:
-    """The headline table: on images with several readers, model, centre bias and ceiling side by
+    """The headline table: on images with several readings, model, centre bias and ceiling side by
     side, each cell ``mean [low, high]``."""
     part = summary[summary["subset"] == SEVERAL].copy()
     part["cell"] = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else f"{m:.3f}"
@@ -169,7 +168,9 @@ def comparison(summary: pd.DataFrame) -> pd.DataFrame:
 def gap_to_ceiling(table: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Model minus ceiling on the same readings (paired by ``reading_id``): mean over images of the
     per-image mean difference, with a 95 % bootstrap interval over images. An interval that
-    holds 0 means the model is as close to a reader as the other readers are."""
+    holds 0 means this many images cannot tell the model from the other readers; it does not
+    show that the two are equally good (that would need the whole interval inside a margin
+    chosen beforehand)."""
     model = table[table["map"] == MODEL].set_index("reading_id")
     ceiling = table[table["map"] == CEILING].set_index("reading_id")
     if ceiling.empty or model.empty:
@@ -233,9 +234,9 @@ def save_figure(fig, name: str, config):
 
 
 def readers_figure(data, dicom_id: str | None = None, pred: dict | None = None):
-    """One image: each reader's map with their fixations, the readers' mean, and the model's map.
+    """One image: each reading's map with its fixations, the readings' mean, and the model's map.
 
-    ``dicom_id`` None: the image with the most readers. ``pred``: ``model_table``'s second output.
+    ``dicom_id`` None: the image with the most readings. ``pred``: ``model_table``'s second output.
     """
     import matplotlib.pyplot as plt
 
@@ -248,8 +249,8 @@ def readers_figure(data, dicom_id: str | None = None, pred: dict | None = None):
         raise ValueError(f"dicom_id {dicom_id!r} is not among the {len(groups)} REFLACX images read here")
     samples = [data[i] for i in groups[dicom_id]]
     image = samples[0]["image"][0].numpy()
-    panels = [(f"reader {s['reader_id']}", s["gaze_map"][0].numpy(), s["fixations"].numpy()) for s in samples]
-    panels.append((f"mean of {len(samples)} readers", np.mean([p[1] for p in panels], 0), None))
+    panels = [(f"reading {s['reading_index'] + 1}", s["gaze_map"][0].numpy(), s["fixations"].numpy()) for s in samples]
+    panels.append((f"mean of {len(samples)} readings", np.mean([p[1] for p in panels], 0), None))
     if pred is not None and pred.get("saliency") is not None:
         panels.append(("model (stage 3)", pred["saliency"][groups[dicom_id][0]], None))
     fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.8), squeeze=False)
