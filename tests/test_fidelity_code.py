@@ -239,3 +239,35 @@ def test_stage3_joint_mode_trains_every_part_from_scratch(tmp_path):
     after = result.model.state_dict()
     for part in model.parts():
         assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(part + ".")), part
+
+
+# -- the two ablation rows ------------------------------------------------------------------------
+def test_fidelity_table_puts_code_beside_method_with_the_paired_difference():
+    from cxrlib.config.variants import VARIANTS
+    from cxrlib.evaluation import results
+
+    assert VARIANTS["code"].chain == (("stage3", {"fidelity": "code_training"}),)
+    rng = np.random.default_rng(0)
+    per_seed, per_image = [], []
+    for variant, shift in (("full", 0.0), ("code", -0.1)):
+        for seed in (0, 1):
+            for i in range(40):
+                row = {"variant": variant, "seed": seed, "dicom_id": f"d{i}", "label": i % 3}
+                probs = rng.dirichlet([1, 1, 1])
+                probs[i % 3] += 1.0 + 10 * shift
+                for c, name in enumerate(results.CLASS_NAMES):
+                    row[f"prob_{name}"] = probs[c] / probs.sum()
+                row.update({k: 0.5 + shift + rng.normal(0, 0.05) for k in results.SALIENCY_KEYS})
+                per_image.append(row)
+            per_seed += [{"variant": variant, "label": VARIANTS[variant].label, "seed": seed, "metric": k,
+                          "value": 0.5 + shift + 0.01 * seed} for k in results.METRICS]
+    per_seed, per_image = pd.DataFrame(per_seed), pd.DataFrame(per_image)
+    summary = results.compare_variants(per_seed, per_image, n_boot=200)
+    table = results.fidelity_table(per_seed, per_image, n_boot=200).set_index("metric")
+    assert {"auc_macro", "auc_CHF", "cc", "kld (lower is better)"} <= set(table.index)
+    cc = summary[(summary["variant"] == "code") & (summary["metric"] == "cc")].iloc[0]
+    assert table.loc["cc", "code - method [95 % CI]"].startswith(f"{cc['diff']:+.3f} [{cc['diff_low']:+.3f}")
+    assert cc["diff_high"] < 0 and table.loc["cc", "p"] < 0.05  # a true shift of -0.1 over 40 images
+    assert (table["seeds"] == 2).all() and (table["images"] == 40).all()
+    only_full = per_seed["variant"] == "full"
+    assert results.fidelity_table(per_seed[only_full], per_image[per_image["variant"] == "full"], n_boot=50).empty
