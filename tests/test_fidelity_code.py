@@ -271,3 +271,15 @@ def test_fidelity_table_puts_code_beside_method_with_the_paired_difference():
     assert (table["seeds"] == 2).all() and (table["images"] == 40).all()
     only_full = per_seed["variant"] == "full"
     assert results.fidelity_table(per_seed[only_full], per_image[per_image["variant"] == "full"], n_boot=50).empty
+
+
+def test_split_summary_names_the_rule():
+    from cxrlib.data.splits import split_summary
+
+    sheet = _sheet()
+    assert split_summary(make_splits(sheet, seed=0), "patient").endswith("no patient is in two splits")
+    by_image = make_splits(sheet, seed=0, rule="image")
+    straddling = int((by_image.groupby("patient_id")["split"].nunique() > 1).sum())
+    assert straddling > 0 and f"{straddling} patient(s) have images in two splits" in split_summary(by_image, "image")
+    with pytest.raises(AssertionError, match="patients in more than one split"):
+        split_summary(by_image, "patient")

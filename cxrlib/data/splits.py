@@ -90,6 +90,17 @@ def check_patient_disjoint(splits) -> None:
         raise AssertionError(f"patients in more than one split: {list(leaking.index[:5])} ({len(leaking)} in all)")
 
 
+def split_summary(splits, rule: str = "patient") -> str:
+    """One line on the split: under the patient rule checked disjoint; under the code's image rule,
+    how many patients have images in more than one split."""
+    head = f"{splits['patient_id'].nunique()} patients, {len(splits)} images"
+    if rule == "patient":
+        check_patient_disjoint(splits)
+        return f"{head}; no patient is in two splits"
+    straddling = int((splits.groupby("patient_id")["split"].nunique() > 1).sum())
+    return f"{head}; split by image (the code's rule): {straddling} patient(s) have images in two splits"
+
+
 def load_or_make_splits(path, sheet, *, fractions=(0.7, 0.1, 0.2), seed: int = 0, rule: str = "patient"):
     """Read ``path`` if it exists, else make and write it (under a lock: one writer at a time).
 
