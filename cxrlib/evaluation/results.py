@@ -153,7 +153,10 @@ def compare_variants(per_seed: pd.DataFrame, per_image: pd.DataFrame, *, referen
 
 def _paired_test(key: str, boot_diff: np.ndarray, variant: pd.DataFrame, reference: pd.DataFrame) -> dict:
     if key in SALIENCY_KEYS:
-        pair = pd.concat([_image_means(variant, key), _image_means(reference, key)], axis=1).dropna()
+        # an exact KL (kld_eps=0, the code's) is infinite where a prediction is 0 under gaze: such
+        # images have no finite difference and leave the t-test (the means keep them)
+        pair = pd.concat([_image_means(variant, key), _image_means(reference, key)], axis=1)
+        pair = pair.replace([np.inf, -np.inf], np.nan).dropna()
         if len(pair) < 2:
             return {}
         with warnings.catch_warnings():  # identical samples give t = NaN, not an error
