@@ -4,8 +4,9 @@
 with this project's defaults. ``fidelity="code"`` sets every field that has a switch to what the
 public code (HealthX-Lab/CXRGazeLearn) did when it ran, including its only active full-model
 script, ``Module/RUN.py``: stage 3 becomes the whole network trained jointly from ImageNet.
-``fidelity="code_training"`` is the same without the split rule and the scored split, so the
-result is scored on the run's own test images and can be paired with the other ablation rows.
+``fidelity="code_training"`` is the same without the scoring protocol (the split rule, the scored
+split and the KLD's eps), so the result is scored on the run's own test images, with the same
+metrics, and can be paired with the other ablation rows.
 
 Sizes and lengths (``image_size``, ``epochs``, ``batch_size``, ``plateau_patience``,
 ``pretrained``, ``sigma``) stay the profile's: the paper profile already holds the code's. The
@@ -36,8 +37,8 @@ CODE_PRESET = {
 # Fields of the preset that follow another field: the code stops after 2 x patience + 3 epochs
 # without improvement (KL/RUN.py: patience_early_stop = patience_reduce_lr*2+3, 83 at patience 40).
 DERIVED = {"early_stopping": "2 * plateau_patience + 3"}
-# What "code_training" leaves to the run: the split rule and the scored split.
-PROTOCOL_FIELDS = ("split", "eval_split")
+# What "code_training" leaves to the run: the split rule, the scored split and the KLD metric's eps.
+PROTOCOL_FIELDS = ("split", "eval_split", "kld_eps")
 
 
 def preset_values(fidelity: str, stage: str) -> dict:
