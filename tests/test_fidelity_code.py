@@ -283,3 +283,18 @@ def test_split_summary_names_the_rule():
     assert straddling > 0 and f"{straddling} patient(s) have images in two splits" in split_summary(by_image, "image")
     with pytest.raises(AssertionError, match="patients in more than one split"):
         split_summary(by_image, "patient")
+
+
+def test_the_code_variant_keeps_the_runs_protocol_and_ablate_passes_the_preset(tmp_path):
+    from cxrlib.evaluation import ablation
+
+    (code,) = ablation.variant_configs("code", "smoke", run_root=str(tmp_path))
+    assert (code.stage, code.mode, code.init_from, code.fidelity) == ("stage3", "joint", "none", "code_training")
+    assert (code.split, code.eval_split, code.kld_eps) == ("patient", "test", make_config("stage3", "smoke").kld_eps)
+    assert code.reload_best_on_drop and code.resize == "stride" and not code.shuffle
+    # `cxrlib ablate -p fidelity code`: every variant under the code's own protocol
+    params = ablation.stage_params(make_config("results", "smoke", run_dir=str(tmp_path), fidelity="code"))
+    assert params["fidelity"] == "code" and params["split"] == "image"
+    full = ablation.variant_configs("full", "smoke", run_root=str(tmp_path), **params)
+    assert all(c.split == "image" and c.eval_split == "val" for c in full)
+    assert full[-1].mode == "joint" and full[1].init_from == "none"  # stage 3 and 1b as the code ran them
