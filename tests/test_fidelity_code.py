@@ -99,6 +99,12 @@ def test_reload_best_on_drop(tmp_path, reload):
     best = load_checkpoint(tmp_path / "stage1b" / BEST)["model"]["w.weight"]
     last = load_checkpoint(tmp_path / "stage1b" / LAST)["model"]["w.weight"]
     assert torch.equal(best, last) is reload  # last.pt holds the reloaded weights, or the worse ones
+    assert (tmp_path / "stage1b" / "best_optimizer.pt").is_file() is reload
+    if reload:  # the best epoch's Adam moments, at the reduced learning rate
+        kept = load_checkpoint(tmp_path / "stage1b" / "best_optimizer.pt")["optimizer"]
+        now = load_checkpoint(tmp_path / "stage1b" / LAST)["optimizer"]
+        assert all(torch.equal(kept["state"][0][k], now["state"][0][k]) for k in ("exp_avg", "exp_avg_sq"))
+        assert now["param_groups"][0]["lr"] == pytest.approx(history["lr"].iloc[1])
     assert bool(history.get("reloaded_best", pd.Series([False])).fillna(False).any()) is reload
 
 

@@ -49,6 +49,9 @@ from cxrlib.model import set_activation_checkpointing, set_modes, set_trainable
 from cxrlib.runtime import config_device, rng_state, seed_everything, set_deterministic, set_rng_state
 
 
+_BEST_OPTIMIZER = "best_optimizer.pt"  # reload_best_on_drop only
+
+
 class _Step(nn.Module):
     """Model, extra modules and step function as one module: DistributedDataParallel then sees
     every trained parameter, and a step that calls parts directly (``model.classifier(...)``)
@@ -254,15 +257,27 @@ class Trainer:
             return "lr_floor"
         return None
 
+    def _keep_best_optimizer(self, main: bool) -> None:
+        """``reload_best_on_drop``: the optimiser state of the best epoch, beside ``best.pt``."""
+        if self.config.reload_best_on_drop and main:
+            atomic_save({"optimizer": self.optimizer.state_dict()}, self.stage_dir / _BEST_OPTIMIZER)
+
     def _reload_best_on_drop(self, lr_before: float, epoch: int, main: bool) -> None:
-        """``reload_best_on_drop``: at a learning-rate drop, continue from the best weights so far
-        (the code's ``train_judgetment``). The optimiser keeps its moments (the code also restores
-        those of the best epoch)."""
+        """``reload_best_on_drop``: at a learning-rate drop, continue from the best epoch's weights
+        and optimiser state at the new learning rate (the code's ``train_judgetment`` and
+        ``load_net``; its scheduler reload changes nothing: after a drop the counter is 0 and the
+        best value is that epoch's)."""
         if not self.config.reload_best_on_drop or self.optimizer.param_groups[0]["lr"] >= lr_before:
             return
         distributed.barrier()  # best.pt complete before any rank reads it
         if (self.stage_dir / BEST).is_file():
             self.load_best()
+            if (self.stage_dir / _BEST_OPTIMIZER).is_file():
+                lrs = [group["lr"] for group in self.optimizer.param_groups]
+                state = load_checkpoint(self.stage_dir / _BEST_OPTIMIZER, map_location=self.device)
+                self.optimizer.load_state_dict(state["optimizer"])
+                for group, lr in zip(self.optimizer.param_groups, lrs):
+                    group["lr"] = lr
             self.history[-1]["reloaded_best"] = True
             if main:
                 print(f"{self.config.stage}: learning rate dropped after epoch {epoch + 1}; best weights reloaded")
@@ -371,6 +386,8 @@ class Trainer:
             if improved and main:
                 atomic_save({"model": self.model.state_dict(), "extra": self.extra.state_dict(),
                              "config": self.config.to_dict(), "epoch": epoch, "metrics": row}, self.stage_dir / BEST)
+            if improved:
+                self._keep_best_optimizer(main)
             self._reload_best_on_drop(lr_before, epoch, main)  # before last.pt: a resume continues from it
             if main:
                 atomic_save(self._state(epoch), self.stage_dir / LAST)
