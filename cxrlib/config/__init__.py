@@ -25,6 +25,7 @@ from cxrlib.config.stage_configs import (DEFAULT_CAMS, NOT_WEIGHT_FIELDS, STAGE_
                                   DataConfig, EncoderConfig, ExplainConfig, ExternalConfig, FusionConfig,
                                   JointConfig, ResultsConfig, SaliencyConfig, StageConfig)
 from cxrlib.config.validation import ParameterError, check_data_roots, check_ranges
+from cxrlib.config.fidelity import FIDELITY, derived_early_stopping, preset_values
 from cxrlib.config.variants import check_results_config
 
 
@@ -75,6 +76,7 @@ def make_config(stage: str, profile: str = "smoke", **params):
     defaults = PROFILE_DEFAULTS[profile]
     for source in (defaults.get("common", {}), defaults.get(stage, {})):
         merged.update({k: v for k, v in source.items() if k in valid})
+    _apply_fidelity(merged, params, cls, stage)
     merged.update({k: v for k, v in params.items() if v is not None})
     _explicit_sigma(merged, params)
     merged["profile"] = profile
@@ -98,13 +100,13 @@ def _finalise(config):
     check_data_roots(config)
     choices = {"gaze_source": ("eye_gaze", "fixations"), "weighting": ("count", "duration"),
                "resize": ("pad_resize", "stride"), "frozen_bn": ("eval", "train"),
-               "amp_dtype": ("auto", "bf16", "fp16")}
+               "amp_dtype": ("auto", "bf16", "fp16"), "split": ("patient", "image"), "fidelity": FIDELITY}
     choices.update(intensity=("minmax", "max"), eval_split=("test", "val"))
     if isinstance(config, ContrastiveConfig):
         choices["loss"] = ("triplet", "supcon", "ntxent")
         choices.update(triplet_feature=("map", "pooled"), triplet_reduction=("sum", "mean"))
     if isinstance(config, FusionConfig):
-        choices["mode"] = ("head", "finetune")
+        choices["mode"] = ("head", "finetune", "joint")
     if isinstance(config, JointConfig):
         choices["model"] = ("dual", "mtunet", "resse_unet")
     if isinstance(config, ResultsConfig):
@@ -118,6 +120,20 @@ def _finalise(config):
     if config.kld_eps < 0:
         raise ParameterError(f"parameter 'kld_eps' must be >= 0, got {config.kld_eps!r}")
     return config
+
+
+def _apply_fidelity(merged: dict, params: dict, cls, stage: str) -> None:
+    """The ``fidelity`` preset (cxrlib.config.fidelity) between the profile and the parameters:
+    explicit parameters win; fields the stage does not read are left out."""
+    fidelity = params.get("fidelity") or merged.get("fidelity") or "method"
+    if fidelity not in FIDELITY:
+        raise ParameterError(f"parameter 'fidelity' must be one of {FIDELITY}, got {fidelity!r}")
+    names = {f.name for f in fields(cls)} - cls.inapplicable
+    merged.update({k: v for k, v in preset_values(fidelity, stage).items() if k in names})
+    if fidelity != "method" and "early_stopping" in names and params.get("early_stopping") is None:
+        patience = params.get("plateau_patience")
+        patience = merged.get("plateau_patience", cls.plateau_patience) if patience is None else patience
+        merged["early_stopping"] = derived_early_stopping(patience)
 
 
 def _explicit_sigma(merged: dict, params: dict) -> None:

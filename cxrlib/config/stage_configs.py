@@ -23,7 +23,8 @@ DEFAULT_CAMS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")  # S
 _TRAINING_FIELDS = frozenset({"epochs", "batch_size", "lr", "plateau_patience", "early_stopping", "max_steps_per_epoch",
                               "amp", "amp_dtype", "channels_last", "compile", "activation_checkpointing",
                               "sync_batchnorm", "resume", "init_from", "frozen_bn", "reuse_frozen_features",
-                              "shuffle", "drop_last"})
+                              "shuffle", "drop_last", "reload_best_on_drop", "plateau_eps", "lr_floor",
+                              "val_shuffle", "eval_fp32"})
 # A notebook that reads a trained model names its upstream stage in ``init_from`` (colab.start checks it).
 _READS_A_MODEL = (_TRAINING_FIELDS - {"init_from"}) | {"pretrained"}
 
@@ -82,6 +83,13 @@ class StageConfig:
     shuffle: bool = True  # training batches in random order (the code's Module/ and baseline/: False)
     drop_last: bool = True  # drop the last partial training batch (the code keeps it)
     kld_eps: float = 2.2204e-16  # the KLD metric's eps (benchmark); 0: exact KL as F.kl_div (the code)
+    split: str = "patient"  # "image": the code's per-class counter over images (patients may straddle splits)
+    reload_best_on_drop: bool = False  # True: reload the best weights at each learning-rate drop (the code)
+    plateau_eps: float = 1e-8  # ReduceLROnPlateau's eps (torch's default); the code: 0
+    lr_floor: float = 0.0  # stop once the learning rate falls below this; 0: never (the code: 1e-8)
+    val_shuffle: bool = False  # True: validation batches in a new order each epoch (the code's loaders)
+    eval_fp32: bool = False  # True: validation without autocast, in fp32 (the code); only matters with amp
+    fidelity: str = "method"  # "code": every switch as the authors' code ran (cxrlib.config.fidelity)
     deterministic: bool | None = None  # repeatable kernels; None: on for CPU, off for CUDA (speed)
 
     stage: typing.ClassVar[str] = "common"
@@ -144,11 +152,13 @@ class SaliencyConfig(StageConfig):
 @dataclass
 class FusionConfig(StageConfig):
     """Stage 3 (notebook 05): the fusion classifier, then (``mode="finetune"``) every part for
-    ``finetune_epochs`` with the joint stage's uncertainty-weighted CE + KL."""
+    ``finetune_epochs`` with the joint stage's uncertainty-weighted CE + KL. ``mode="joint"``:
+    every part from the start with that loss, the recipe of the code's ``Module/RUN.py`` (with
+    ``init_from="none"``: from ImageNet, as the code ran it)."""
 
     stage: typing.ClassVar[str] = "stage3"
     init_from: str | None = "stage2"
-    mode: str = "head"  # head | finetune
+    mode: str = "head"  # head | finetune | joint
     finetune_epochs: int = 0
     learn_saliency_sigma: bool = False
 

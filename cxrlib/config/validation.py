@@ -33,6 +33,7 @@ _RANGES = {
                    "in (0, 1] (a fraction of the native long side, e.g. 0.025; for a sigma in native pixels "
                    "set `sigma`, which replaces the profile's sigma_frac)"),
     "margin": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    **{n: (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0") for n in ("plateau_eps", "lr_floor")},
 }
 
 

@@ -1,9 +1,18 @@
 """Train / validation / test splits: stratified by class, grouped by patient, seeded.
 
-The paper code splits images 70/10/20 stratified by class with seed 0. EGD-CXR has patients
-with two images, so images are split by patient here (no patient in two splits) while keeping
-the class balance. The split is written once to ``splits.csv`` in the run folder and every stage
-reads it back, so no stage can ever see another stage's test images.
+Two rules (the config field ``split``):
+
+* ``"patient"`` (default): patients are shuffled within each class and dealt out 70/10/20, so no
+  patient is in two splits. EGD-CXR has patients with more than one image; split by image, a
+  repeat study of the same patient can sit in train and test, and the test score then measures
+  recognising a patient as much as diagnosing an image.
+* ``"image"``: the authors' code (``Data/hzhu_data_raw.py``, ``MasterDataHandle.save_all``): the
+  images in the order of a ``torch.utils.data.random_split`` seeded with ``seed`` (the code: 0),
+  and per class a running counter: the k-th image of a class (k = 1, 2, ...) goes to test when
+  k mod 10 is 0 or 1, to validation when it is 2, else to train (2/1/7 of every 10).
+
+The split is written once to ``splits.csv`` in the run folder and every stage reads it back, so
+no stage can ever see another stage's test images.
 """
 
 from __future__ import annotations
@@ -15,15 +24,22 @@ import numpy as np
 from cxrlib.runfolder import atomic_write_text, locked
 
 SPLITS = ("train", "val", "test")
+RULES = ("patient", "image")
 
 
-def make_splits(sheet, *, fractions=(0.7, 0.1, 0.2), seed: int = 0):
+def make_splits(sheet, *, fractions=(0.7, 0.1, 0.2), seed: int = 0, rule: str = "patient"):
     """Assign each image of a master sheet (with ``label``) to train, val or test.
 
-    Patients (not images) are shuffled within each class (a patient's class is that of their
-    first image) and dealt out so each split gets its fraction of every class.
+    ``rule="patient"``: patients (not images) are shuffled within each class (a patient's class
+    is that of their first image) and dealt out so each split gets its fraction of every class.
+    ``rule="image"``: the code's counter (module docstring); ``fractions`` does not apply.
     """
     import pandas as pd
+
+    if rule not in RULES:
+        raise ValueError(f"parameter 'split' must be one of {RULES}, got {rule!r}")
+    if rule == "image":
+        return make_image_splits(sheet, seed=seed)
 
     fractions = np.asarray(fractions, dtype=float)
     if fractions.shape != (3,) or (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
@@ -48,6 +64,24 @@ def make_splits(sheet, *, fractions=(0.7, 0.1, 0.2), seed: int = 0):
     return out
 
 
+def make_image_splits(sheet, *, seed: int = 0):
+    """The code's split by image: a seeded permutation (as ``torch.utils.data.random_split`` with
+    ``torch.Generator().manual_seed(seed)`` and fraction 1 draws it), then per class the k-th
+    image goes to test if k % 10 <= 1, to val if k % 10 == 2, else to train (k counts from 1)."""
+    import pandas as pd
+    import torch
+
+    order = torch.randperm(len(sheet), generator=torch.Generator().manual_seed(seed)).tolist()
+    labels = sheet["label"].to_numpy()
+    counter, split = {}, [None] * len(sheet)
+    for i in order:
+        counter[labels[i]] = counter.get(labels[i], 0) + 1
+        select = counter[labels[i]] % 10
+        split[i] = "test" if select <= 1 else ("val" if select == 2 else "train")
+    return pd.DataFrame({"dicom_id": sheet["dicom_id"].to_numpy(), "patient_id": sheet["patient_id"].to_numpy(),
+                         "label": labels, "split": split})
+
+
 def check_patient_disjoint(splits) -> None:
     """Raise if a patient appears in two splits."""
     per_patient = splits.groupby("patient_id")["split"].nunique()
@@ -56,26 +90,37 @@ def check_patient_disjoint(splits) -> None:
         raise AssertionError(f"patients in more than one split: {list(leaking.index[:5])} ({len(leaking)} in all)")
 
 
-def load_or_make_splits(path, sheet, *, fractions=(0.7, 0.1, 0.2), seed: int = 0):
+def split_summary(splits, rule: str = "patient") -> str:
+    """One line on the split: under the patient rule checked disjoint; under the code's image rule,
+    how many patients have images in more than one split."""
+    head = f"{splits['patient_id'].nunique()} patients, {len(splits)} images"
+    if rule == "patient":
+        check_patient_disjoint(splits)
+        return f"{head}; no patient is in two splits"
+    straddling = int((splits.groupby("patient_id")["split"].nunique() > 1).sum())
+    return f"{head}; split by image (the code's rule): {straddling} patient(s) have images in two splits"
+
+
+def load_or_make_splits(path, sheet, *, fractions=(0.7, 0.1, 0.2), seed: int = 0, rule: str = "patient"):
     """Read ``path`` if it exists, else make and write it (under a lock: one writer at a time).
 
-    A file that does not match (other images, or not the split ``seed`` makes) is an error, never
-    silently used: the stages of a run folder must all see one split, the one its config records.
-    Every split must hold images.
+    A file that does not match (other images, or not the split ``seed`` and ``rule`` make) is an
+    error, never silently used: the stages of a run folder must all see one split, the one its
+    config records. Every split must hold images.
     """
     path = Path(path)
     with locked(path.with_name(f".{path.name}.lock"), what=f"the split {path}", wait=600):
         if path.is_file():
-            splits = _read_splits(path, sheet, fractions=fractions, seed=seed)
+            splits = _read_splits(path, sheet, fractions=fractions, seed=seed, rule=rule)
         else:
-            splits = make_splits(sheet, fractions=fractions, seed=seed)
-            _check_not_empty(splits, path)
+            splits = make_splits(sheet, fractions=fractions, seed=seed, rule=rule)
+            _check_not_empty(splits, path, rule)
             atomic_write_text(path, splits.to_csv(index=False))
-    _check_not_empty(splits, path)
+    _check_not_empty(splits, path, rule)
     return splits
 
 
-def _read_splits(path: Path, sheet, *, fractions, seed):
+def _read_splits(path: Path, sheet, *, fractions, seed, rule="patient"):
     import pandas as pd
 
     splits = pd.read_csv(path, dtype={"dicom_id": str})
@@ -89,24 +134,26 @@ def _read_splits(path: Path, sheet, *, fractions, seed):
             f"egd_root, or another data_seed / synthetic_images for the synthetic set); {new_folder}")
     if not set(splits["split"]).issubset(SPLITS):
         raise ValueError(f"{path}: the split column must only hold {SPLITS}")
-    check_patient_disjoint(splits)
-    expected = make_splits(sheet, fractions=fractions, seed=seed).set_index("dicom_id")["split"]
+    expected = make_splits(sheet, fractions=fractions, seed=seed, rule=rule).set_index("dicom_id")["split"]
     differ = splits.set_index("dicom_id")["split"] != expected.reindex(splits["dicom_id"]).to_numpy()
     if differ.any():
         raise ValueError(
-            f"{path} does not hold the split of data_seed={seed} ({int(differ.sum())} of {len(splits)} images "
-            f"assigned otherwise, e.g. dicom_id {differ.index[differ.to_numpy()][0]}): it was made with another "
-            f"data_seed, or edited; {new_folder}")
+            f"{path} does not hold the split of data_seed={seed}, split={rule!r} ({int(differ.sum())} of "
+            f"{len(splits)} images assigned otherwise, e.g. dicom_id {differ.index[differ.to_numpy()][0]}): it was "
+            f"made with another data_seed or split rule, or edited; {new_folder}")
+    if rule == "patient":
+        check_patient_disjoint(splits)
     return splits
 
 
-def _check_not_empty(splits, path) -> None:
+def _check_not_empty(splits, path, rule="patient") -> None:
     counts = splits["split"].value_counts()
     empty = [name for name in SPLITS if counts.get(name, 0) == 0]
+    how = "70/10/20 by patient" if rule == "patient" else "2/1/7 of every 10 images (the code's counter)"
     if empty:
         raise ValueError(
             f"{path}: the {' and '.join(empty)} split(s) would hold no image ({len(splits)} images, "
-            f"{splits['patient_id'].nunique()} patients, split 70/10/20 by patient within each class): "
+            f"{splits['patient_id'].nunique()} patients, split {how} within each class): "
             f"use a larger data set (synthetic_images, or more of EGD-CXR)")
 
 

@@ -22,7 +22,10 @@ from cxrlib import metrics
 # reports per-class and micro-averaged ROC AUC (MetricsHandle_Class in hzhu_metrics_class.py; no
 # macro average), so the paper's AUC stands beside this project's micro AUC.
 PAPER_RESULTS = {"auc_micro": 0.93, "cc": 0.58}
-PAPER_DATA = "EGD-CXR validation split, split by image (the split that also chose the checkpoint; arXiv:2403.16970)"
+# The paper does not name its evaluation split; the code's only evaluation (NetLearn.evaluate) scores
+# Valid, which also chose the checkpoint, and its loaders never read Test: an inference from the code.
+PAPER_DATA = ("EGD-CXR (arXiv:2403.16970); by the authors' code, inferred: its validation split, split by "
+              "image, which also chose the checkpoint")
 EVAL_SPLITS = {
     "test": "test split (touched once; the checkpoint was chosen on validation)",
     "val": "validation split, as the paper's code: OPTIMISTIC (the same split chose the checkpoint)",

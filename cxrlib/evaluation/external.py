@@ -66,7 +66,7 @@ def egd_training_ids(config) -> set[str]:
 
     egd_root, _ = ensure_data(config, progress=False)
     splits = load_or_make_splits(Path(config.run_dir) / "splits.csv", read_master_sheet(egd_root / "master_sheet.csv"),
-                                 seed=config.data_seed)
+                                 seed=config.data_seed, rule=config.split)
     return set(split_ids(splits, "train"))
 
 

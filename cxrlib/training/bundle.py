@@ -62,7 +62,8 @@ def prepare_data(config, *, progress: bool = True) -> DataBundle:
     with distributed.main_first(), runfolder.data_lock(config.run_dir):  # one writer of the data at a time
         egd_root, image_root = ensure_data(config, progress=progress and distributed.is_main())
         sheet = read_master_sheet(egd_root / "master_sheet.csv")
-        splits = load_or_make_splits(Path(config.run_dir) / "splits.csv", sheet, seed=config.data_seed)
+        splits = load_or_make_splits(Path(config.run_dir) / "splits.csv", sheet, seed=config.data_seed,
+                                     rule=config.split)
     kwargs = dataset_kwargs(config)
     sets = {name: EGDDataset(egd_root, image_root, ids=split_ids(splits, name), **kwargs)
             for name in ("train", "val", "test")}

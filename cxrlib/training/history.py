@@ -14,8 +14,9 @@ def early_stop(history: list[dict], patience: int) -> bool:
 
 def ended(history: list[dict]) -> bool:
     """Whether a stage's history (``history.json``) records a finished fit: all its epochs, or an
-    early stop. An interrupted stage (crash, ``stop_after``) has not ended."""
-    return bool(history) and history[-1].get("end") in ("epochs", "early_stop")
+    early stop (``early_stop``, or ``lr_floor``: the learning rate fell below its floor). An
+    interrupted stage (crash, ``stop_after``) has not ended."""
+    return bool(history) and history[-1].get("end") in ("epochs", "early_stop", "lr_floor")
 
 
 def epoch_line(row: dict, stage: str = "", epochs: int | None = None) -> str:

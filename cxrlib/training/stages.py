@@ -107,8 +107,12 @@ STAGES = {s.name: s for s in (
           init_parts=("densenet",), step=lambda config: ce_step),
     Stage("stage2", SaliencyConfig, "04_stage2_saliency.ipynb", model="dual", trains=_DUAL_TRUNK,
           init_parts=("densenet",), step=lambda config: saliency_step, reuse=with_frozen_densenet),
-    Stage("stage3", FusionConfig, "05_stage3_fusion.ipynb", model="dual", trains=("classifier",),
-          step=lambda config: fusion_step, reuse=with_fused_features, finetune=True),
+    # mode="joint": every part at once with the joint loss (the code's Module/RUN.py), no feature reuse
+    Stage("stage3", FusionConfig, "05_stage3_fusion.ipynb", model="dual",
+          trains=lambda config: None if config.mode == "joint" else ("classifier",),
+          step=lambda config: joint_step if config.mode == "joint" else fusion_step,
+          extra=lambda config, model: joint_extra(config, model) if config.mode == "joint" else {},
+          reuse=with_fused_features, finetune=True),
     Stage("explain", ExplainConfig, "06_saliency_gradcam_comparison.ipynb"),
     Stage("results", ResultsConfig, "07_results_and_ablations.ipynb"),
     Stage("external", ExternalConfig, "08_external_validation_reflacx.ipynb"),
@@ -183,6 +187,8 @@ def stage_trainer(config, model: nn.Module, *, entry: Stage | None = None, progr
 def feature_reuse(config) -> Callable | None:
     """The stage's frozen-feature reuse where it applies (frozen parts in eval mode), else None."""
     reuse = stage_of(config).reuse
+    if getattr(config, "mode", None) == "joint":  # stage 3 trains every part: nothing is frozen
+        return None
     return reuse if reuse is not None and config.reuse_frozen_features and config.frozen_bn == "eval" else None
 
 

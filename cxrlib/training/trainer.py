@@ -7,7 +7,8 @@ config's hyper-parameters. :class:`Trainer` does the rest:
 * frozen parts get no gradients **and** stay in eval mode, so their BatchNorm statistics do not
   move (``frozen_bn="train"`` reproduces the paper code, where they drifted);
 * Adam, ReduceLROnPlateau on the validation loss, optional early stopping, and the
-  best-validation weights reloaded at the end;
+  best-validation weights reloaded at the end; the paper code's loop is a few switches away
+  (``reload_best_on_drop``, ``plateau_eps``, ``lr_floor``, ``val_shuffle``, ``eval_fp32``);
 * mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler), full
   precision elsewhere;
 * a checkpoint after every epoch with model, optimiser, scheduler, scaler, epoch, RNG states,
@@ -46,6 +47,9 @@ from cxrlib.training.checkpoints import BEST, LAST, atomic_save, check_resumable
 from cxrlib.training.history import early_stop, epoch_line
 from cxrlib.model import set_activation_checkpointing, set_modes, set_trainable
 from cxrlib.runtime import config_device, rng_state, seed_everything, set_deterministic, set_rng_state
+
+
+_BEST_OPTIMIZER = "best_optimizer.pt"  # reload_best_on_drop only
 
 
 class _Step(nn.Module):
@@ -87,7 +91,7 @@ class Trainer:
         # channels_last, cuDNN autotuning, activation checkpointing of the UNet levels.
         self.optimizer = precision.adam(params, lr=config.lr, device=self.device)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="min", factor=0.1, patience=config.plateau_patience)
+            self.optimizer, mode="min", factor=0.1, patience=config.plateau_patience, eps=config.plateau_eps)
         self.autocast = precision.autocast_settings(self.device, config.amp, config.amp_dtype)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast.scaler)
         self.channels_last = precision.use_channels_last(self.device, config.channels_last)
@@ -188,8 +192,8 @@ class Trainer:
     def _eager_step(self, batch: dict) -> dict:
         return self.loss_fn(self.model, batch, **({"extra": self.extra} if len(self.extra) else {}))
 
-    def _forward(self, batch: dict, *, train: bool = False) -> dict:
-        with torch.autocast(self.device.type, dtype=self.autocast.dtype, enabled=self.autocast.enabled):
+    def _forward(self, batch: dict, *, train: bool = False, fp32: bool = False) -> dict:
+        with torch.autocast(self.device.type, dtype=self.autocast.dtype, enabled=self.autocast.enabled and not fp32):
             if train and self.ddp is not None:
                 return self.ddp(batch)
             return self._step(batch)
@@ -230,12 +234,61 @@ class Trainer:
                                f"samples, batch_size {self.config.batch_size})")
         return total / count
 
+    def _val_loader(self, data: Dataset, epoch: int) -> DataLoader:
+        """``val_shuffle``: the validation set in a new order each epoch, as the code's loaders
+        (``shuffle=True`` for Valid too) gave it; the order matters where the loss depends on the
+        batch (stage 1a's triplets). One process only: sharded validation keeps its order."""
+        key = ("val_shuffle", id(data))
+        if key not in self._loaders:
+            loader = DataLoader(data, batch_size=self.config.eval_batch_size,
+                                sampler=EpochShuffle(len(data), self.config.seed + 1), collate_fn=self.collate_fn,
+                                num_workers=0, pin_memory=self.device.type == "cuda")
+            self._loaders[key] = (data, loader)
+        loader = self._loaders[key][1]
+        loader.sampler.set_epoch(epoch)
+        return loader
+
+    def _stop_reason(self) -> str | None:
+        """Why the loop stops before its last epoch: ``early_stop`` (``early_stopping`` epochs
+        without improvement) or ``lr_floor`` (the learning rate fell below ``lr_floor``)."""
+        if early_stop(self.history, self.config.early_stopping):
+            return "early_stop"
+        if self.history and self.config.lr_floor > 0 and self.history[-1]["lr"] < self.config.lr_floor:
+            return "lr_floor"
+        return None
+
+    def _keep_best_optimizer(self, main: bool) -> None:
+        """``reload_best_on_drop``: the optimiser state of the best epoch, beside ``best.pt``."""
+        if self.config.reload_best_on_drop and main:
+            atomic_save({"optimizer": self.optimizer.state_dict()}, self.stage_dir / _BEST_OPTIMIZER)
+
+    def _reload_best_on_drop(self, lr_before: float, epoch: int, main: bool) -> None:
+        """``reload_best_on_drop``: at a learning-rate drop, continue from the best epoch's weights
+        and optimiser state at the new learning rate (the code's ``train_judgetment`` and
+        ``load_net``; its scheduler reload changes nothing: after a drop the counter is 0 and the
+        best value is that epoch's)."""
+        if not self.config.reload_best_on_drop or self.optimizer.param_groups[0]["lr"] >= lr_before:
+            return
+        distributed.barrier()  # best.pt complete before any rank reads it
+        if (self.stage_dir / BEST).is_file():
+            self.load_best()
+            if (self.stage_dir / _BEST_OPTIMIZER).is_file():
+                lrs = [group["lr"] for group in self.optimizer.param_groups]
+                state = load_checkpoint(self.stage_dir / _BEST_OPTIMIZER, map_location=self.device)
+                self.optimizer.load_state_dict(state["optimizer"])
+                for group, lr in zip(self.optimizer.param_groups, lrs):
+                    group["lr"] = lr
+            self.history[-1]["reloaded_best"] = True
+            if main:
+                print(f"{self.config.stage}: learning rate dropped after epoch {epoch + 1}; best weights reloaded")
+
     @torch.no_grad()
-    def evaluate(self, data: Dataset) -> dict:
+    def evaluate(self, data: Dataset, *, epoch: int = 0) -> dict:
         """Validation loss plus the metrics the outputs allow, in eval mode.
 
         When the loss function returns ``logits`` the macro AUC and accuracy are added; when it
         returns ``saliency_log`` and the batch has ``saliency``, the mean CC, KLD and SIM.
+        ``epoch`` orders the batches under ``val_shuffle``; ``eval_fp32`` turns autocast off.
         """
         from cxrlib import metrics
 
@@ -245,14 +298,17 @@ class Trainer:
         if distributed.is_distributed():  # rank r takes samples r, r + N, ... of those one process would see
             seen = len(data) if n_steps is None else min(len(data), n_steps * self.config.eval_batch_size)
             data = Subset(data, range(distributed.rank(), seen, distributed.world_size()))
-        loader = self._loader(data, shuffle=False)
+        if self.config.val_shuffle and not distributed.is_distributed():
+            loader = self._val_loader(data, epoch)
+        else:
+            loader = self._loader(data, shuffle=False)
         n_steps = len(loader) if n_steps is None else min(len(loader), n_steps)
         total, count, probs, labels, sal = 0.0, 0, [], [], {"cc": [], "kld": [], "sim": []}
         for step, batch in enumerate(loader):
             if step >= n_steps:
                 break
             batch = to_device(batch, self.device, channels_last=self.channels_last)
-            out = self._forward(batch)
+            out = self._forward(batch, fp32=self.config.eval_fp32)
             n = len(batch["label"])
             total, count = total + out["loss"].float().item() * n, count + n
             if "logits" in out:
@@ -308,13 +364,14 @@ class Trainer:
         for row in self.history:  # a stage trained further after it ended is no longer ended
             row.pop("end", None)
         for done, epoch in enumerate(range(self.start_epoch, self.config.epochs)):
-            if early_stop(self.history, self.config.early_stopping):  # the rule survives a resume
+            if self._stop_reason():  # the rules survive a resume
                 break
             if stop_after is not None and done >= stop_after:
                 return pd.DataFrame(self.history)
             started = time.perf_counter()
             train_loss = self.train_epoch(train_data, epoch)
-            val = self.evaluate(val_data)
+            val = self.evaluate(val_data, epoch=epoch)
+            lr_before = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step(val["val_loss"])
             improved = val["val_loss"] < self.best_val
             row = {"epoch": epoch + 1, "train_loss": train_loss, **val,
@@ -329,18 +386,22 @@ class Trainer:
             if improved and main:
                 atomic_save({"model": self.model.state_dict(), "extra": self.extra.state_dict(),
                              "config": self.config.to_dict(), "epoch": epoch, "metrics": row}, self.stage_dir / BEST)
+            if improved:
+                self._keep_best_optimizer(main)
+            self._reload_best_on_drop(lr_before, epoch, main)  # before last.pt: a resume continues from it
             if main:
                 atomic_save(self._state(epoch), self.stage_dir / LAST)
                 self._write_history()
             distributed.barrier()  # best.pt / last.pt complete before any rank reads them
-            if early_stop(self.history, self.config.early_stopping):
+            if self._stop_reason():
                 if main:
-                    print(f"{self.config.stage}: early stop after epoch {epoch + 1} "
-                          f"({self.config.early_stopping} epochs without improvement)")
+                    print(f"{self.config.stage}: early stop after epoch {epoch + 1} ("
+                          + (f"{self.config.early_stopping} epochs without improvement)"
+                             if self._stop_reason() == "early_stop" else f"learning rate below {self.config.lr_floor})"))
                 break
         self._loaders.clear()  # ends the persistent loader workers of this stage
         if self.history:  # how the stage ended, read by whoever asks whether it is complete
-            self.history[-1]["end"] = "early_stop" if early_stop(self.history, self.config.early_stopping) else "epochs"
+            self.history[-1]["end"] = self._stop_reason() or "epochs"
         self.load_best()
         if main:
             self._write_history()
