@@ -1,4 +1,5 @@
-"""The ``cxrlib`` command: ``synth``, ``prepare``, ``run``, ``train``, ``ablate``, ``bench``, ``bench-data``, ``bench-reuse``.
+"""The ``cxrlib`` command: ``synth``, ``prepare``, ``run``, ``train``, ``ablate``, ``bench``, ``bench-data``, ``bench-reuse``,
+``tables``.
 
 A user error (a bad parameter, missing data, a busy run folder, a corrupt checkpoint, a failing
 notebook) prints its message, not a traceback, and exits 2 for usage errors (a parameter) or 1
@@ -248,7 +249,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=("smoke", "demo", "paper"), default="demo")
     p.add_argument("--epochs", type=int, default=2)
     p.set_defaults(func=_bench_reuse)
+
+    p = sub.add_parser("tables", help="check the defaults tables of README.md and docs/ against the code")
+    p.add_argument("--write", action="store_true", help="rewrite the tables from the code")
+    p.set_defaults(func=_tables)
     return parser
+
+
+def _tables(args) -> int:
+    """The defaults tables of the docs, checked against the code or (``--write``) rewritten."""
+    from cxrlib.config.tables import DOCUMENTS, stale_documents
+    from cxrlib.paths import repository_root
+
+    stale = stale_documents(repository_root(), write=args.write)
+    if not stale:
+        print(f"tables up to date in {', '.join(DOCUMENTS)}")
+        return 0
+    if args.write:
+        print("rewrote the tables of " + ", ".join(stale))
+        return 0
+    print("tables differ from the code in " + ", ".join(stale) + "; run `make tables` (cxrlib tables --write)",
+          file=sys.stderr)
+    return 1
 
 
 def main(argv=None) -> int:
