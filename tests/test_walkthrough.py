@@ -47,7 +47,8 @@ def test_one_step_trains_only_the_stage_parts_and_leaves_the_model_alone(tmp_pat
         assert report.grad_norm[part] > 0 and report.weight_change[part] > 0, part
     for part in frozen:
         assert report.grad_norm[part] == 0 and report.weight_change[part] == 0, part
-        assert report.frozen_batchnorm_eval[part], part
+        assert report.frozen_batchnorm_eval.get(part, True), part  # parts without BatchNorm are not listed
+    assert set(report.frozen_batchnorm_eval) == frozen - {"classifier"}  # the heads hold no BatchNorm
     assert report.input_shape == (6, 1, 32, 32) and report.loss > 0
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in original.items()), "the caller's model changed"
     text = str(report)
@@ -85,3 +86,11 @@ def test_triplet_count_and_per_triplet_loss(tmp_path):
     assert out["per_triplet"] == pytest.approx(out["sum_per_batch"] / 24)
     with pytest.raises(ValueError, match="needs loss='triplet'"):
         walkthrough.triplet_loss_per_triplet(model, _Tiny(), _config("stage1a", tmp_path, loss="supcon"))
+
+
+def test_the_paper_code_freeze_shows_batchnorm_in_train_mode(tmp_path):
+    config = _config("stage2", tmp_path, frozen_bn="train")
+    report = walkthrough.one_step(config, _Tiny(), stages.build_stage_model(config))
+    assert report.frozen_batchnorm_eval == {"densenet": False}
+    assert "frozen densenet: BatchNorm layers in TRAIN mode" in str(report)
+    assert report.grad_norm["densenet"] == 0  # still no gradient: only the statistics move

@@ -50,7 +50,7 @@ class StepReport:
     trained: dict = field(default_factory=dict)  # part -> True (trains) / False (frozen)
     grad_norm: dict = field(default_factory=dict)  # part -> L2 norm of its gradient (0: none)
     weight_change: dict = field(default_factory=dict)  # part -> largest |w_after - w_before|
-    frozen_batchnorm_eval: dict = field(default_factory=dict)  # frozen part -> all its BatchNorms in eval mode
+    frozen_batchnorm_eval: dict = field(default_factory=dict)  # frozen part with BatchNorm -> all in eval mode
 
     def __str__(self) -> str:
         lines = [f"{self.stage}: one step on a batch of {self.input_shape[0]} images {self.input_shape}",
@@ -103,9 +103,10 @@ def one_step(config, dataset, model: nn.Module) -> StepReport:
     optimizer.step()
     change = {name: max((float((p.detach() - b).abs().max()) for p, b in zip(part.parameters(), before[name])),
                         default=0.0) for name, part in student.parts().items()}
-    bn_eval = {name: all(not m.training for m in part.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
-               for name, part in student.parts().items() if name not in parts}
-    return StepReport(stage=config.stage, input_shape=tuple(batch["image"].shape), loss=float(out["loss"]),
+    norms = {name: [m for m in part.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+             for name, part in student.parts().items() if name not in parts}
+    bn_eval = {name: all(not m.training for m in found) for name, found in norms.items() if found}
+    return StepReport(stage=config.stage, input_shape=tuple(batch["image"].shape), loss=float(out["loss"].detach()),
                       part_shapes=shapes, trained={name: name in parts for name in student.parts()},
                       grad_norm=grads, weight_change=change, frozen_batchnorm_eval=bn_eval)
 
