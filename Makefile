@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP_FLAGS ?= --disable-pip-version-check --quiet
 
-.PHONY: install demo smoke test bench figures colab-urls tables
+.PHONY: install demo smoke test bench figures colab-urls tables executed
 
 install:
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e ".[dev]"
@@ -36,3 +36,8 @@ colab-urls:
 # tables of README.md, docs/method.md and docs/parameters.md from the code.
 tables:
 	$(PYTHON) -m cxrlib tables --write
+
+# Deliberate, never part of a run: copy the demo run's executed notebooks (synthetic data only,
+# the same code as notebooks/) into docs/executed/, readable on GitHub before anything runs.
+executed:
+	$(PYTHON) -m cxrlib executed

@@ -1,5 +1,5 @@
 """The ``cxrlib`` command: ``synth``, ``prepare``, ``run``, ``train``, ``ablate``, ``bench``, ``bench-data``, ``bench-reuse``,
-``tables``.
+``tables``, ``executed``.
 
 A user error (a bad parameter, missing data, a busy run folder, a corrupt checkpoint, a failing
 notebook) prints its message, not a traceback, and exits 2 for usage errors (a parameter) or 1
@@ -253,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tables", help="check the defaults tables of README.md and docs/ against the code")
     p.add_argument("--write", action="store_true", help="rewrite the tables from the code")
     p.set_defaults(func=_tables)
+
+    p = sub.add_parser("executed", help="copy a run's executed notebooks (synthetic data only) to docs/executed/")
+    p.add_argument("--run-dir", help="the finished run (default: runs/demo)")
+    p.add_argument("--dest", help="default: docs/executed in the repository")
+    p.set_defaults(func=_executed)
     return parser
 
 
@@ -271,6 +276,16 @@ def _tables(args) -> int:
     print("tables differ from the code in " + ", ".join(stale) + "; run `make tables` (cxrlib tables --write)",
           file=sys.stderr)
     return 1
+
+
+def _executed(args) -> int:
+    """Copy a finished run's executed notebooks (synthetic data only) into docs/executed/."""
+    from cxrlib.run import publish_executed
+
+    copied = publish_executed(args.run_dir, args.dest)
+    size = sum(p.stat().st_size for p in copied) / 2**20
+    print(f"copied {len(copied)} executed notebooks ({size:.1f} MiB) to {copied[0].parent}")
+    return 0
 
 
 def main(argv=None) -> int:
