@@ -141,7 +141,9 @@ EXECUTED_DIR = "docs/executed"
 def _code_sources(path) -> list[str]:
     import nbformat
 
-    return [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    # papermill adds a cell with the run's parameters (tagged): the executed copy's one addition of code
+    return [c.source for c in nbformat.read(path, as_version=4).cells
+            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
 
 
 def publish_executed(run_dir=None, dest=None) -> list[Path]:

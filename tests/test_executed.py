@@ -24,6 +24,8 @@ def _fake_run(tmp_path, config):
     (tmp_path / "run" / "stage1b" / "config.json").write_text(json.dumps(config))
     nb = nbformat.read(SOURCE, as_version=4)
     nb.cells[-1].source += "\n(executed)"  # markdown may differ; outputs are what the copy adds
+    injected = nbformat.v4.new_code_cell('profile = "demo"', metadata={"tags": ["injected-parameters"]})
+    nb.cells.insert(3, injected)  # as papermill does
     nbformat.write(nb, tmp_path / "run" / "notebooks" / SOURCE.name)
     return tmp_path / "run"
 
