@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP_FLAGS ?= --disable-pip-version-check --quiet
 
-.PHONY: install demo smoke test bench figures colab-urls
+.PHONY: install demo smoke test bench figures colab-urls tables executed
 
 install:
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e ".[dev]"
@@ -31,3 +31,13 @@ figures:
 # install cell and Colab badge from it.
 colab-urls:
 	$(PYTHON) -c "from cxrlib.colab import sync_notebooks; print(*sync_notebooks() or ['notebooks already match'], sep='\n')"
+
+# After changing a default in cxrlib/config/ (a profile value, a field): rewrite the defaults
+# tables of README.md, docs/method.md and docs/parameters.md from the code.
+tables:
+	$(PYTHON) -m cxrlib tables --write
+
+# Deliberate, never part of a run: copy the demo run's executed notebooks (synthetic data only,
+# the same code as notebooks/) into docs/executed/, readable on GitHub before anything runs.
+executed:
+	$(PYTHON) -m cxrlib executed

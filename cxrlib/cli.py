@@ -1,4 +1,5 @@
-"""The ``cxrlib`` command: ``synth``, ``prepare``, ``run``, ``train``, ``ablate``, ``bench``, ``bench-data``, ``bench-reuse``.
+"""The ``cxrlib`` command: ``synth``, ``prepare``, ``run``, ``train``, ``ablate``, ``bench``, ``bench-data``, ``bench-reuse``,
+``tables``, ``executed``.
 
 A user error (a bad parameter, missing data, a busy run folder, a corrupt checkpoint, a failing
 notebook) prints its message, not a traceback, and exits 2 for usage errors (a parameter) or 1
@@ -248,7 +249,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=("smoke", "demo", "paper"), default="demo")
     p.add_argument("--epochs", type=int, default=2)
     p.set_defaults(func=_bench_reuse)
+
+    p = sub.add_parser("tables", help="check the defaults tables of README.md and docs/ against the code")
+    p.add_argument("--write", action="store_true", help="rewrite the tables from the code")
+    p.set_defaults(func=_tables)
+
+    p = sub.add_parser("executed", help="copy a run's executed notebooks (synthetic data only) to docs/executed/")
+    p.add_argument("--run-dir", help="the finished run (default: runs/demo)")
+    p.add_argument("--dest", help="default: docs/executed in the repository")
+    p.set_defaults(func=_executed)
     return parser
+
+
+def _tables(args) -> int:
+    """The defaults tables of the docs, checked against the code or (``--write``) rewritten."""
+    from cxrlib.config.tables import DOCUMENTS, stale_documents
+    from cxrlib.paths import repository_root
+
+    stale = stale_documents(repository_root(), write=args.write)
+    if not stale:
+        print(f"tables up to date in {', '.join(DOCUMENTS)}")
+        return 0
+    if args.write:
+        print("rewrote the tables of " + ", ".join(stale))
+        return 0
+    print("tables differ from the code in " + ", ".join(stale) + "; run `make tables` (cxrlib tables --write)",
+          file=sys.stderr)
+    return 1
+
+
+def _executed(args) -> int:
+    """Copy a finished run's executed notebooks (synthetic data only) into docs/executed/."""
+    from cxrlib.run import publish_executed
+
+    copied = publish_executed(args.run_dir, args.dest)
+    size = sum(p.stat().st_size for p in copied) / 2**20
+    print(f"copied {len(copied)} executed notebooks ({size:.1f} MiB) to {copied[0].parent}")
+    return 0
 
 
 def main(argv=None) -> int:

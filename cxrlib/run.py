@@ -132,3 +132,60 @@ def summary_table(metrics: dict, timings, run_dir) -> str:
                 ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
                 lines.append(f"{group + '.' + key:<30} {value:>7.3f}   {ci_text}")
     return "\n".join(lines)
+
+
+# -- executed copies for reading before running (make executed) ---------------------------------
+EXECUTED_DIR = "docs/executed"
+
+
+def _code_sources(path) -> list[str]:
+    import nbformat
+
+    # papermill adds a cell with the run's parameters (tagged): the executed copy's one addition of code
+    return [c.source for c in nbformat.read(path, as_version=4).cells
+            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+
+
+def publish_executed(run_dir=None, dest=None) -> list[Path]:
+    """Copy the executed notebooks of a finished run into ``docs/executed/`` (``make executed``),
+    so that a reader sees every figure and number before running anything; return the copies.
+
+    Only a demo or smoke run on the synthetic data is copied: a notebook whose stage config names
+    an ``egd_root`` or ``reflacx_root`` (real, credentialed data) is refused, and so is one whose
+    code differs from the source notebook (an old run: rerun it first).
+    """
+    import shutil
+
+    run_dir = Path(run_dir) if run_dir is not None else repository_root() / "runs" / "demo"
+    dest = Path(dest) if dest is not None else repository_root() / EXECUTED_DIR
+    executed = sorted((run_dir / "notebooks").glob("*.ipynb"))
+    if not executed:
+        raise FileNotFoundError(f"no executed notebooks in {run_dir / 'notebooks'}; run `cxrlib run --profile demo` first")
+    copied = []
+    for path in executed:
+        stage = NOTEBOOK_STAGES.get(path.name)
+        record = run_dir / str(stage) / "config.json"
+        if stage is None or not record.is_file():
+            raise FileNotFoundError(f"{path.name}: no {record} saying which data it ran on; rerun the notebook")
+        config = json.loads(record.read_text())
+        if config.get("egd_root") or config.get("reflacx_root") or config.get("profile") not in ("demo", "smoke"):
+            raise ValueError(f"{path.name} ran on {config.get('egd_root') or config.get('reflacx_root') or 'the synthetic data'} "
+                             f"with profile {config.get('profile')!r}: only demo or smoke runs on the synthetic data "
+                             "may enter the repository (PhysioNet data must never be committed)")
+        if _code_sources(path) != _code_sources(notebooks_dir() / path.name):
+            raise ValueError(f"{path} was run from other code than notebooks/{path.name}; rerun it first")
+        dest.mkdir(parents=True, exist_ok=True)
+        copied.append(Path(shutil.copyfile(path, dest / path.name)))
+    return copied
+
+
+def executed_mismatches(root=None) -> list[str]:
+    """The executed copies under ``root/docs/executed`` whose code cells differ from the source
+    notebooks' (or that have no source notebook): those must be rebuilt (``make executed``)."""
+    root = Path(root) if root is not None else repository_root()
+    stale = []
+    for path in sorted((root / EXECUTED_DIR).glob("*.ipynb")):
+        source = root / "notebooks" / path.name
+        if not source.is_file() or _code_sources(path) != _code_sources(source):
+            stale.append(path.name)
+    return stale
