@@ -176,7 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir")
     p.add_argument("--n-images", type=_positive_int, default=300)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a set this command wrote before: only the files listed in its .cxrlib-synthetic.json "
+                        "are removed, every other file in OUT_DIR is kept; a folder with a data set it did not write "
+                        "(EGD-CXR, MIMIC-CXR) is refused")
     p.add_argument("--native-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                    help="every image exactly H x W pixels, e.g. 3000 2500 as MIMIC-CXR (default: heights 320-448)")
     p.add_argument("--transfer-syntax", choices=("explicit", "jpeg2000", "jpegls"), default="explicit",
