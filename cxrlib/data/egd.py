@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cxrlib.data import tables
 from cxrlib.data.cache import SampleCache, sample_key
 from cxrlib.data.dicom import INTENSITY_MODES, load_image, read_image
 from cxrlib.data.gaze import (
@@ -46,7 +47,7 @@ def read_master_sheet(path):
     if not path.is_file():
         raise FileNotFoundError(f"master sheet not found: {path} (expected <egd_root>/master_sheet.csv)")
     try:
-        sheet = pd.read_csv(path, dtype={"dicom_id": str, "path": str})
+        sheet = tables.read_csv(path, MASTER_COLUMNS, dtype={"dicom_id": str, "path": str})
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path}: the file is empty (expected a header and one row per image)") from None
     missing = [c for c in MASTER_COLUMNS if c not in sheet.columns]
@@ -54,6 +55,8 @@ def read_master_sheet(path):
         raise ValueError(f"{path}: missing required column(s) {missing}; found {list(sheet.columns)[:20]}")
     if sheet.empty:
         raise ValueError(f"{path}: the file has a header but no rows")
+    tables.check_filled(sheet, ("dicom_id", "path", "patient_id"), path,
+                        " (an image without its patient would leave every split unseen)")
     labels = sheet[list(LABEL_COLUMNS)].apply(pd.to_numeric, errors="coerce")
     positives = (labels == 1).sum(axis=1)
     valid = labels.isin([0, 1]).all(axis=1) & (positives == 1)
@@ -213,7 +216,8 @@ class EGDDataset(Dataset):
         key = self._keys.get(index)
         if key is None:
             gaze = self.gaze[self.sheet["dicom_id"].iloc[index]]
-            key = self._keys[index] = sample_key(self.image_paths[index], self.params, gaze.xy, gaze.weight)
+            key = self._keys[index] = sample_key(self.image_paths[index], self.params, gaze.xy, gaze.weight,
+                                                  digests=self.cache.digests)
         return key
 
     def load(self, index: int) -> dict:
