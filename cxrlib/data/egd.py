@@ -94,6 +94,29 @@ def resolve_image_path(image_root, relative: str) -> Path:
     raise FileNotFoundError(dcm)
 
 
+def check_image_files(egd_root, image_root=None) -> int:
+    """Every image of ``<egd_root>/master_sheet.csv`` under ``image_root`` (default: egd_root),
+    counted over the whole sheet (all splits); raise FileNotFoundError naming the count and an
+    example, else return the number of images. One ``stat`` per image: cheap before a long run."""
+    egd_root = Path(egd_root).expanduser()
+    image_root = egd_root if image_root is None else Path(image_root).expanduser()
+    sheet = read_master_sheet(egd_root / "master_sheet.csv")
+    missing = []
+    for row, relative in enumerate(sheet["path"]):
+        try:
+            resolve_image_path(image_root, relative)
+        except FileNotFoundError:
+            missing.append((row, relative))
+    if missing:
+        row, relative = missing[0]
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(sheet)} image files of {egd_root / 'master_sheet.csv'} (all splits) not "
+            f"found under image_root {image_root}, e.g. {image_root / relative} (line {row + 2}, dicom_id "
+            f"{sheet['dicom_id'].iloc[row]}); looked for the .dcm and the MIMIC-CXR-JPG .jpg. Check image_root "
+            f"(the folder that holds files/p10 ...)")
+    return len(sheet)
+
+
 class EGDDataset(Dataset):
     """Images, gaze-saliency maps, fixations and labels of EGD-CXR.
 
@@ -170,6 +193,7 @@ class EGDDataset(Dataset):
             except FileNotFoundError:
                 missing.append((row, relative))
         if missing:
+            check_image_files(self.egd_root, self.image_root)  # names the count over the whole sheet
             row, relative = missing[0]
             raise FileNotFoundError(
                 f"{len(missing)} image file(s) of master_sheet.csv not found under {self.image_root}, e.g. "
