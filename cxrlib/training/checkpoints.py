@@ -112,7 +112,7 @@ def _reason(err: Exception) -> str:
     import re
 
     text = str(err)
-    unsupported = re.search(r"unsupported (global: GLOBAL \S+|operand \S+|[^.\n]*)", text, re.IGNORECASE)
+    unsupported = re.search(r"unsupported (global: GLOBAL \S+|GLOBAL \S+|operand \S+|[^.\n]*)", text, re.IGNORECASE)
     if unsupported:
         return f"{type(err).__name__}: {unsupported.group(0)}"
     first = (text.strip().splitlines() or [""])[0]
@@ -145,7 +145,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         if isinstance(err, pickle.UnpicklingError) and is_pickled_payload(err):
             raise CheckpointError(
                 f"{path}: holds a pickled payload (Python objects other than tensors and plain values), which "
-                f"cxrlib refuses to unpickle, so nothing in it ran ({_reason(err)}); the file is not truncated. "
+                f"cxrlib refuses to unpickle, so nothing in it ran ({_reason(err)}); the file itself is intact. "
                 f"Save the weights alone (torch.save(model.state_dict(), path)), or {_advice(path)}") from None
         raise CheckpointError(
             f"{path}: cannot read this checkpoint ({size} bytes; truncated, or not a PyTorch file: "
