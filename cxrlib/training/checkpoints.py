@@ -122,10 +122,10 @@ def _reason(err: Exception) -> str:
 
 
 def is_pickled_payload(err: Exception) -> bool:
-    """torch's weights-only unpickler refused a global (its wording changed across versions:
-    "Unsupported global: GLOBAL x" up to 2.5, "unsupported GLOBAL x" since)."""
-    text = str(err).lower()
-    return "unsupported global" in text or "weights only load failed" in text
+    """torch's weights-only unpickler refused a global, the mark of a pickled object (its wording
+    changed across versions: "Unsupported global: GLOBAL x", "unsupported GLOBAL x" in 2.14).
+    Garbage bytes fail otherwise ("unsupported operand", a bad zip) and count as unreadable."""
+    return "unsupported global" in str(err).lower()
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
