@@ -331,3 +331,21 @@ def test_missing_explicit_init_from_is_reported_before_the_data_preparation(tmp_
     assert f"init_from={str(missing)!r}: no checkpoint at {missing}" in last_error(capsys)
     with pytest.raises(FileNotFoundError, match="parameter 'init_from'"):
         run_pipeline("smoke", run_dir=str(tmp_path / "run2"), params={"init_from": str(missing)})
+
+
+def test_synth_reflacx_overwrite_replaces_a_set_written_before_the_manifest_but_not_real_data(tmp_path):
+    from cxrlib.synthetic.reflacx import make_reflacx_like
+
+    out = make_reflacx_like(tmp_path / "reflacx", n_images=4, seed=1, progress=False)
+    (out / MANIFEST).unlink()  # an older cxrlib's set: recognised by its SYNTHETIC^ patient names
+    (out / "synthetic.json").write_text("{}")  # what notebook 08 keeps beside it
+    make_reflacx_like(out, n_images=4, seed=2, progress=False, overwrite=True)
+    assert (out / "synthetic.json").read_text() == "{}" and (out / MANIFEST).is_file()
+    (out / MANIFEST).unlink()
+    dicom = next((out / "files").rglob("*.dcm"))
+    ds = pydicom.dcmread(dicom)
+    ds.PatientName = "DOE^JANE"  # one image that is not ours: the folder is refused
+    ds.save_as(dicom)
+    with pytest.raises(FileExistsError, match="did not write"):
+        make_reflacx_like(out, n_images=4, seed=3, progress=False, overwrite=True)
+    assert dicom.is_file()

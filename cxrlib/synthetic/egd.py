@@ -315,6 +315,8 @@ def replaceable_files(folder, overwrite: bool) -> frozenset:
             raise ValueError(f"{manifest}: unreadable manifest ({err}); delete the synthetic set by hand, "
                              f"or choose another folder") from None
     legacy = _legacy_synthetic_files(folder)
+    if legacy is None:
+        legacy = _legacy_synthetic_reflacx(folder)
     if legacy is not None:
         return legacy
     found = [name for name in (*DATASET_ENTRIES, "main_data") if (folder / name).exists()]
@@ -335,6 +337,27 @@ def _legacy_synthetic_files(folder: pathlib.Path):
     if table is None or "synthetic_ctr" not in table.columns or "path" not in table.columns:
         return None
     return frozenset(["master_sheet.csv", "eye_gaze.csv", "fixations.csv", *table["path"].astype(str)])
+
+
+def _legacy_synthetic_reflacx(folder: pathlib.Path):
+    """A REFLACX-format set of a cxrlib from before the manifest: ``main_data/`` and ``files/``
+    only, every DICOM named ``SYNTHETIC^<n>`` (as `write_dicom` names the patients). Its files
+    are those under ``main_data/`` and ``files/``."""
+    if not (folder / "main_data").is_dir() or (folder / "master_sheet.csv").exists():
+        return None
+    import pydicom
+
+    files = [f for f in _files(folder) if f.startswith(("main_data/", "files/"))]
+    for f in files:
+        if f.startswith("files/"):
+            try:
+                name = str(pydicom.dcmread(folder / f, stop_before_pixels=True, specific_tags=["PatientName"])
+                           .get("PatientName", ""))
+            except Exception:  # noqa: BLE001 - not a DICOM this writer made
+                return None
+            if not name.startswith("SYNTHETIC^"):
+                return None
+    return frozenset(files)
 
 
 def _bytes_needed(n_images, native_size, native_shape, reading_seconds, gaze_hz) -> int:
