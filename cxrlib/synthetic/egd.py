@@ -319,10 +319,10 @@ def replaceable_files(folder, overwrite: bool) -> frozenset:
         legacy = _legacy_synthetic_reflacx(folder)
     if legacy is not None:
         return legacy
-    found = [name for name in (*DATASET_ENTRIES, "main_data") if (folder / name).exists()]
+    found = [name + "/" * (folder / name).is_dir() for name in (*DATASET_ENTRIES, "main_data") if (folder / name).exists()]
     if found:
         raise FileExistsError(
-            f"{folder} holds {', '.join(found)} that cxrlib did not write (no {MANIFEST}): it looks like "
+            f"{folder} holds {' and '.join(found)}, which cxrlib did not write (no {MANIFEST}): it looks like "
             f"a real data set (EGD-CXR, MIMIC-CXR or REFLACX), and --overwrite never deletes what it did "
             f"not create; choose another folder")
     return frozenset()
