@@ -44,9 +44,11 @@ def _prepare(args) -> int:
     """The sample cache of every stage of a profile (each image size once), built in parallel."""
     from cxrlib.training import stages
     from cxrlib.config import make_config
-    from cxrlib.run import parse_value
+    from cxrlib.run import check_profile_parameter, parse_value
 
     params = {name: parse_value(value) for name, value in (args.param or [])}
+    check_profile_parameter(args.profile, params)
+    params.pop("profile", None)
     if args.workers is not None:
         params["num_workers"] = args.workers
     done = set()
@@ -82,9 +84,10 @@ def _unit_float(text: str) -> float:
 
 
 def _run(args) -> int:
-    from cxrlib.run import parse_value, run_pipeline
+    from cxrlib.run import check_profile_parameter, parse_value, run_pipeline
 
     params = {name: parse_value(value) for name, value in (args.param or [])}
+    check_profile_parameter(args.profile, params)
     run_pipeline(args.profile, run_dir=args.run_dir, egd_root=args.egd_root, image_root=args.image_root,
                  params=params, only=args.notebooks)
     return 0
@@ -95,10 +98,12 @@ def _train(args) -> int:
     from cxrlib import runfolder
     from cxrlib.training import distributed, stages
     from cxrlib.config import make_config
-    from cxrlib.run import parse_value
+    from cxrlib.run import check_profile_parameter, parse_value
 
     params = {name: parse_value(value) for name, value in (args.param or [])}
-    config = make_config(args.stage, args.profile, **params)  # a wrong parameter fails before any work
+    check_profile_parameter(args.profile, params)
+    config = make_config(args.stage, args.profile, **{k: v for k, v in params.items() if k != "profile"})
+    check_init_from(config)  # a wrong parameter or init_from fails before any work
     distributed.setup()
     try:
         # one command per run folder; under torchrun rank 0 holds it for every rank
@@ -123,9 +128,11 @@ def _ablate(args) -> int:
     from cxrlib import runfolder
     from cxrlib.evaluation import ablation, results
     from cxrlib.config import make_config
-    from cxrlib.run import parse_value
+    from cxrlib.run import check_profile_parameter, parse_value
 
     params = {name: parse_value(value) for name, value in (args.param or [])}
+    check_profile_parameter(args.profile, params)
+    params.pop("profile", None)
     for name in ("variants", "seeds", "run_dir"):
         if getattr(args, name) is not None:
             params[name] = getattr(args, name)
@@ -177,7 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir")
     p.add_argument("--n-images", type=_positive_int, default=300)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a set this command wrote before: only the files listed in its .cxrlib-synthetic.json "
+                        "are removed, every other file in OUT_DIR is kept; a folder with a data set it did not write "
+                        "(EGD-CXR, MIMIC-CXR) is refused")
     p.add_argument("--native-size", type=_positive_int, nargs=2, metavar=("H", "W"),
                    help="every image exactly H x W pixels, e.g. 3000 2500 as MIMIC-CXR (default: heights 320-448)")
     p.add_argument("--transfer-syntax", choices=("explicit", "jpeg2000", "jpegls"), default="explicit",
@@ -298,6 +308,7 @@ def main(argv=None) -> int:
             from cxrlib.bench import network as bench, stages as bench_stages
 
             bench_args = bench.build_parser().parse_args(argv[1:])
+            check_bench_counts(bench_args)
             return (bench_stages.run_stages if bench_args.stage else bench.run_models)(bench_args)
         args = build_parser().parse_args(argv)  # a usage error exits 2 with argparse's message
         return args.func(args)
@@ -308,6 +319,30 @@ def main(argv=None) -> int:
         if debug:
             raise
         return report_error(err, f"cxrlib {command}".strip())
+
+
+def check_bench_counts(args) -> None:
+    """``--steps 0`` would time nothing and print 0 img/s as if it were a measurement."""
+    from cxrlib.config.validation import ParameterError
+
+    for name, least in (("steps", 1), ("warmup", 0)):
+        value = getattr(args, name, None)
+        if value is not None and value < least:
+            raise ParameterError(f"--{name} must be an integer >= {least}, got {value}")
+
+
+def check_init_from(config) -> None:
+    """An ``init_from`` given explicitly (not the stage's default) must resolve now, not after the
+    data preparation (`cxrlib.training.checkpoints.resolve_init` raises, naming it)."""
+    import dataclasses
+
+    from cxrlib.training.checkpoints import resolve_init
+
+    if not hasattr(config, "init_from"):
+        return
+    default = next((f.default for f in dataclasses.fields(config) if f.name == "init_from"), None)
+    if config.init_from != default:
+        resolve_init(config)
 
 
 def report_error(err: Exception, prefix: str = "cxrlib") -> int:

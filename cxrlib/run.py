@@ -45,6 +45,26 @@ def parse_value(text: str):
         return text
 
 
+def notebook_value(value):
+    """A parameter as papermill can write it into a notebook: papermill turns a tuple into the
+    string "(96, 96)", so tuples go as lists (the configs take either), also inside lists/dicts."""
+    if isinstance(value, (tuple, list)):
+        return [notebook_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: notebook_value(v) for k, v in value.items()}
+    return value
+
+
+def check_profile_parameter(profile: str, params: dict) -> None:
+    """``-p profile X`` must not contradict ``--profile Y`` (one of them would be dropped)."""
+    given = params.get("profile")
+    if given is not None and given != profile:
+        from cxrlib.config import ParameterError
+
+        raise ParameterError(f"parameter 'profile' is {given!r} but --profile (profile=) is {profile!r}; "
+                             f"give the profile once, with --profile")
+
+
 def check_parameters(params: dict) -> None:
     """Fail before anything runs (no kernel, no folder) if a parameter belongs to no stage, has a
     wrong type or is out of range, or if ``egd_root`` / ``image_root`` do not exist: every stage's
@@ -56,6 +76,21 @@ def check_parameters(params: dict) -> None:
     for stage in STAGE_CONFIGS:
         accepted = {k: v for k, v in params.items() if k in parameter_names(stage) and k != "profile"}
         make_config(stage, params.get("profile", "smoke"), **accepted)  # raises on wrong types
+    check_inputs_early(params)
+
+
+def check_inputs_early(params: dict) -> None:
+    """What a notebook would otherwise find late: the images of the master sheet under
+    ``image_root`` (counted over the whole sheet, every split) and an ``init_from`` path."""
+    from cxrlib.data.egd import check_image_files
+
+    if params.get("egd_root") is not None:
+        check_image_files(params["egd_root"], params.get("image_root"))
+    init_from = params.get("init_from")
+    if isinstance(init_from, str) and (init_from.endswith((".pt", ".pth")) or "/" in init_from):
+        if not Path(init_from).expanduser().exists():
+            raise FileNotFoundError(f"parameter 'init_from': no checkpoint at {init_from}; give an existing .pt "
+                                    f"file, a stage name or 'none'")
 
 
 def run_pipeline(profile: str = "demo", *, run_dir=None, egd_root=None, image_root=None,
@@ -72,6 +107,7 @@ def run_pipeline(profile: str = "demo", *, run_dir=None, egd_root=None, image_ro
     params = dict(params or {})
     params.update({k: v for k, v in {"run_dir": run_dir, "egd_root": egd_root, "image_root": image_root}.items()
                    if v is not None})
+    check_profile_parameter(profile, params)
     params["profile"] = profile
     check_parameters(params)
     notebooks = pipeline_notebooks(only)
@@ -99,7 +135,7 @@ def _execute(notebooks, params: dict, run_dir: Path, kernel_name: str, progress:
     for notebook in notebooks:
         stage = NOTEBOOK_STAGES[notebook.name]
         names = set(parameter_names(stage)) if stage in STAGE_CONFIGS else {"profile", "run_dir"}
-        given = {k: v for k, v in params.items() if k in names}
+        given = {k: notebook_value(v) for k, v in params.items() if k in names}
         output = out_dir / notebook.name
         print(f"== {notebook.name} ({stage}) -> {output}", flush=True)
         started = time.perf_counter()

@@ -9,6 +9,7 @@ counted as a perfect one, ``early_stopping=-1`` stopped after one epoch.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 
@@ -34,6 +35,8 @@ _RANGES = {
                    "set `sigma`, which replaces the profile's sigma_frac)"),
     "margin": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
     **{n: (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0") for n in ("plateau_eps", "lr_floor")},
+    "device": (lambda v: v is None or re.fullmatch(r"(cpu|cuda|mps|xpu)(:\d+)?", str(v).strip()) is not None,
+               "None (cuda, then mps, then cpu) or a device such as 'cpu', 'cuda', 'cuda:1' or 'mps'"),
 }
 
 

@@ -1,10 +1,17 @@
 """On-disk cache of preprocessed samples, so only the first pass decodes DICOMs.
 
-A sample's key hashes everything its arrays depend on: the image file (path, size, modification
-time and a fingerprint of its content), its gaze points, and every preprocessing parameter.
-Change any of them and the sample is recomputed; nothing stale is served. The fingerprint (a hash
-of the file's first, middle and last 64 KiB) catches a file rewritten in place with the same size
-and modification time, which the metadata alone would miss.
+A sample's key hashes everything its arrays depend on: the image file's path and the SHA-1 of
+its whole content, its gaze points, and every preprocessing parameter. Change any of them and
+the sample is recomputed; a file rewritten in place (even with the same size and modification
+time, changed anywhere) gets a new key, so nothing stale is served.
+
+Hashing is the cost: reading every image once per data set object (measured in the README,
+"Reliability"). So the digest of each file is stored once, in ``<cache>/sources/``, beside the
+file's size, modification time, inode and status-change time (``st_ctime``), and read back while
+all four are unchanged. Writing a file, or setting its times with ``touch``, always moves its
+ctime to now (only the kernel sets it), so a stored digest is never reused for changed content;
+a copy or a ``chmod`` only costs one more hash. On Windows, where ``st_ctime`` is the creation
+time, every file is hashed again each time.
 
 Each entry carries a CRC-32 of its header and arrays, checked on every read: a flipped byte, a
 truncated file or a damaged header is rebuilt from the source (with a warning that counts the
@@ -27,12 +34,16 @@ import numpy as np
 
 from cxrlib.runfolder import process_alive
 
-CACHE_VERSION = 3  # bump when the preprocessing code or the entry format changes
+CACHE_VERSION = 4  # bump when the preprocessing code or the entry format changes
 FINGERPRINT_BLOCK = 64 * 1024
+HASH_CHUNK = 1 << 20
 
 
 def content_fingerprint(path) -> str:
-    """SHA-1 of the file's size and its first, middle and last 64 KiB (cheap on 10 MB DICOMs)."""
+    """SHA-1 of the file's size and its first, middle and last 64 KiB (cheap on 10 MB DICOMs).
+
+    Not part of the cache key any more (a change elsewhere in the file escapes it): see
+    :func:`content_digest`."""
     path = Path(path)
     size = path.stat().st_size
     h = hashlib.sha1(str(size).encode())
@@ -43,13 +54,64 @@ def content_fingerprint(path) -> str:
     return h.hexdigest()
 
 
-def sample_key(image_path, params: dict, *arrays: np.ndarray) -> str:
+def file_sha1(path) -> str:
+    """SHA-1 of the whole file, read in 1 MiB chunks."""
+    h = hashlib.sha1()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _identity(stat: os.stat_result) -> list:
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
+
+
+class DigestStore:
+    """Whole-file SHA-1 digests kept in ``root`` (one small JSON file per source file), reused
+    while the file's size, mtime, ctime, inode and device are unchanged; ``None`` stores nothing."""
+
+    def __init__(self, root):
+        self.root = Path(root) if root is not None and os.name == "posix" else None
+        self.hashed = 0  # files this object hashed (the rest came from the store)
+
+    def digest(self, path) -> str:
+        path = Path(path).resolve()
+        identity = _identity(path.stat())
+        record = None if self.root is None else self.root / f"{hashlib.sha1(str(path).encode()).hexdigest()}.json"
+        if record is not None:
+            try:
+                saved = json.loads(record.read_text())
+                if saved.get("path") == str(path) and saved.get("identity") == identity:
+                    return saved["sha1"]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                pass  # no record, or a damaged one: hash again
+        digest = file_sha1(path)
+        self.hashed += 1
+        if record is not None and _identity(path.stat()) == identity:  # unchanged while it was read
+            record.parent.mkdir(parents=True, exist_ok=True)
+            tmp = record.with_name(f".{record.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+            try:
+                tmp.write_text(json.dumps({"path": str(path), "identity": identity, "sha1": digest}))
+                os.replace(tmp, record)
+            except OSError:
+                pass  # a read-only cache: the digest is still right, only not stored
+            finally:
+                tmp.unlink(missing_ok=True)
+        return digest
+
+
+def content_digest(path, store: DigestStore | None = None) -> str:
+    """SHA-1 of the whole file ``path``: from ``store`` when it holds it for this very file."""
+    return (store or DigestStore(None)).digest(path)
+
+
+def sample_key(image_path, params: dict, *arrays: np.ndarray, digests: DigestStore | None = None) -> str:
     path = Path(image_path)
-    stat = path.stat()
     h = hashlib.sha1()
     h.update(json.dumps(
-        {"v": CACHE_VERSION, "path": str(path.resolve()), "size": stat.st_size,
-         "mtime_ns": stat.st_mtime_ns, "content": content_fingerprint(path), "params": params},
+        {"v": CACHE_VERSION, "path": str(path.resolve()), "content": content_digest(path, digests),
+         "params": params},
         sort_keys=True, default=str,
     ).encode())
     for array in arrays:
@@ -124,6 +186,13 @@ class SampleCache:
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.bin"
+
+    @property
+    def digests(self) -> DigestStore:
+        """The store of source-file digests that the keys of this cache use."""
+        if not hasattr(self, "_digests"):
+            self._digests = DigestStore(None if self.root is None else self.root / "sources")
+        return self._digests
 
     def has(self, key: str) -> bool:
         """An entry exists (not verified: :meth:`get` checks it)."""

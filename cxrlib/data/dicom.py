@@ -12,11 +12,17 @@ the stored values (no rescale, no MONOCHROME1 inversion) and ``intensity="max"``
 maximum *after* the resize, where :func:`load_image` puts it.
 * Compressed transfer syntaxes need a pixel-data handler; without one the error names the file
   and the package to install. A truncated file, or a corrupt stream that an installed decoder
-  rejects, is reported as such (not as "no pixel data" or a missing handler).
+  rejects, is reported as such (not as "no pixel data" or a missing handler); the decoder's
+  warnings are repeated with the file's name. A stream damaged inside its coded data that the
+  decoder accepts cannot be told apart: OpenJPEG decodes a JPEG 2000 stream with kilobytes of
+  random bytes in its middle without error or warning (lossless JPEG 2000 carries no checksum).
+* A TransferSyntaxUID that is not a transfer syntax, and a blank image (every pixel alike), are
+  errors naming the file.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +67,15 @@ def _scale_by_max(pixels: np.ndarray) -> np.ndarray:
     return (pixels / hi).astype(np.float32)
 
 
+def _check_not_constant(pixels: np.ndarray, path: Path) -> None:
+    """A blank image (every pixel alike: a failed export, a placeholder) has nothing to learn or
+    explain; it is an error naming the file rather than a silent all-black sample."""
+    if pixels.size and pixels.min() == pixels.max():
+        raise ValueError(
+            f"{path}: every pixel has the value {pixels.flat[0]}: a blank image (a failed export or a "
+            f"placeholder) carries no information; replace the file, or remove its row from master_sheet.csv")
+
+
 def _check_intensity(intensity: str) -> None:
     if intensity not in INTENSITY_MODES:
         raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
@@ -102,8 +117,17 @@ def read_dicom(path, *, voi_lut: bool = False, modality_lut: bool = True, intens
                          f"{ds.get('SOPClassUID', 'unknown')})")
 
     syntax = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
+    if syntax is not None and not getattr(syntax, "is_transfer_syntax", False):
+        raise ValueError(
+            f"{path}: the file meta's TransferSyntaxUID {str(syntax)!r} is not a DICOM transfer syntax, so "
+            f"its pixel data cannot be interpreted (a faulty export or a damaged header); convert the file "
+            f"again (e.g. gdcmconv or dcmconv) or replace it with an intact copy")
     try:
-        pixels = ds.pixel_array
+        with warnings.catch_warnings(record=True) as decoder_warnings:
+            warnings.simplefilter("always")
+            pixels = ds.pixel_array
+        for w in decoder_warnings:  # the decoder's own warnings, with the file they are about
+            warnings.warn(f"{path}: while decoding the pixel data: {w.message}", UserWarning, stacklevel=2)
     except Exception as err:
         message = str(err)
         compressed = syntax is not None and getattr(syntax, "is_compressed", False)
@@ -124,6 +148,7 @@ def read_dicom(path, *, voi_lut: bool = False, modality_lut: bool = True, intens
             f"{path}: expected one grey-level frame, got pixel data of shape {pixels.shape} "
             f"(multi-frame or colour images are not chest radiographs this loader knows)"
         )
+    _check_not_constant(pixels, path)
     values = (apply_modality_lut(pixels, ds) if modality_lut else pixels).astype(np.float64)
     if voi_lut:
         values = apply_voi_lut(values, ds).astype(np.float64)
@@ -151,6 +176,7 @@ def read_raster(path, *, intensity: str = "minmax") -> np.ndarray:
             array = np.asarray(im.convert("I") if im.mode in ("I;16", "I") else im.convert("L"))
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"{path}: cannot decode the image ({err})") from err
+    _check_not_constant(array, path)
     values = array.astype(np.float64)
     return _scale_by_max(values) if intensity == "max" else _scale_to_unit(values)
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cxrlib.data import tables
 from cxrlib.data.cache import SampleCache, sample_key
 from cxrlib.data.dicom import INTENSITY_MODES, load_image, read_image
 from cxrlib.data.gaze import (
@@ -46,7 +47,7 @@ def read_master_sheet(path):
     if not path.is_file():
         raise FileNotFoundError(f"master sheet not found: {path} (expected <egd_root>/master_sheet.csv)")
     try:
-        sheet = pd.read_csv(path, dtype={"dicom_id": str, "path": str})
+        sheet = tables.read_csv(path, MASTER_COLUMNS, dtype={"dicom_id": str, "path": str})
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path}: the file is empty (expected a header and one row per image)") from None
     missing = [c for c in MASTER_COLUMNS if c not in sheet.columns]
@@ -54,6 +55,8 @@ def read_master_sheet(path):
         raise ValueError(f"{path}: missing required column(s) {missing}; found {list(sheet.columns)[:20]}")
     if sheet.empty:
         raise ValueError(f"{path}: the file has a header but no rows")
+    tables.check_filled(sheet, ("dicom_id", "path", "patient_id"), path,
+                        " (an image without its patient would leave every split unseen)")
     labels = sheet[list(LABEL_COLUMNS)].apply(pd.to_numeric, errors="coerce")
     positives = (labels == 1).sum(axis=1)
     valid = labels.isin([0, 1]).all(axis=1) & (positives == 1)
@@ -89,6 +92,29 @@ def resolve_image_path(image_root, relative: str) -> Path:
     if jpg.is_file():
         return jpg
     raise FileNotFoundError(dcm)
+
+
+def check_image_files(egd_root, image_root=None) -> int:
+    """Every image of ``<egd_root>/master_sheet.csv`` under ``image_root`` (default: egd_root),
+    counted over the whole sheet (all splits); raise FileNotFoundError naming the count and an
+    example, else return the number of images. One ``stat`` per image: cheap before a long run."""
+    egd_root = Path(egd_root).expanduser()
+    image_root = egd_root if image_root is None else Path(image_root).expanduser()
+    sheet = read_master_sheet(egd_root / "master_sheet.csv")
+    missing = []
+    for row, relative in enumerate(sheet["path"]):
+        try:
+            resolve_image_path(image_root, relative)
+        except FileNotFoundError:
+            missing.append((row, relative))
+    if missing:
+        row, relative = missing[0]
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(sheet)} image files of {egd_root / 'master_sheet.csv'} (all splits) not "
+            f"found under image_root {image_root}, e.g. {image_root / relative} (line {row + 2}, dicom_id "
+            f"{sheet['dicom_id'].iloc[row]}); looked for the .dcm and the MIMIC-CXR-JPG .jpg. Check image_root "
+            f"(the folder that holds files/p10 ...)")
+    return len(sheet)
 
 
 class EGDDataset(Dataset):
@@ -167,6 +193,7 @@ class EGDDataset(Dataset):
             except FileNotFoundError:
                 missing.append((row, relative))
         if missing:
+            check_image_files(self.egd_root, self.image_root)  # names the count over the whole sheet
             row, relative = missing[0]
             raise FileNotFoundError(
                 f"{len(missing)} image file(s) of master_sheet.csv not found under {self.image_root}, e.g. "
@@ -213,7 +240,8 @@ class EGDDataset(Dataset):
         key = self._keys.get(index)
         if key is None:
             gaze = self.gaze[self.sheet["dicom_id"].iloc[index]]
-            key = self._keys[index] = sample_key(self.image_paths[index], self.params, gaze.xy, gaze.weight)
+            key = self._keys[index] = sample_key(self.image_paths[index], self.params, gaze.xy, gaze.weight,
+                                                  digests=self.cache.digests)
         return key
 
     def load(self, index: int) -> dict:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrlib.data import tables
 from cxrlib.data.geometry import Geometry
 
 GAZE_SOURCES = {"eye_gaze": "eye_gaze.csv", "fixations": "fixations.csv"}
@@ -108,7 +109,8 @@ def load_gaze_csv(path, *, weighting: str = "count", known_ids=None) -> dict[str
         raise FileNotFoundError(f"gaze file not found: {path}")
     needed = list(GAZE_COLUMNS) + ([DURATION_COLUMN] if weighting == "duration" else [])
     try:
-        table = pd.read_csv(path, usecols=lambda c: c.strip() in needed)
+        ids_as_text = {c: str for c in tables.header(path) if c.strip() == "DICOM_ID"}  # keeps zero-padded ids
+        table = tables.read_csv(path, needed, usecols=lambda c: c.strip() in needed, dtype=ids_as_text)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path}: the file is empty (expected a header and gaze rows)") from None
     table.columns = [c.strip() for c in table.columns]
@@ -120,6 +122,7 @@ def load_gaze_csv(path, *, weighting: str = "count", known_ids=None) -> dict[str
         )
     if table.empty:
         raise ValueError(f"{path}: the file has a header but no gaze rows")
+    tables.check_filled(table, ("DICOM_ID",), path)
     for col in needed[1:]:
         values = pd.to_numeric(table[col], errors="coerce")
         bad = values.isna() & table[col].notna()

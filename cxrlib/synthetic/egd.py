@@ -31,6 +31,8 @@ screen where the image is fitted keeping its aspect ratio and centred (padding i
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import pathlib
 import shutil
@@ -42,6 +44,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, generate_uid
 from tqdm.auto import tqdm
 
+from cxrlib.diskspace import disk_full_error
 from cxrlib.synthetic import anatomy
 from cxrlib.runfolder import process_alive
 from cxrlib.synthetic.reading import SCREEN, display_fit, simulate_reading
@@ -55,6 +58,7 @@ INDICATIONS = ("___F with shortness of breath", "___M with cough and fever, eval
                "___M with dyspnea, r/o pneumonia", "___F with chest pain",
                "___M with hypoxia", "___F with leg swelling and dyspnea", "Preop chest x-ray")
 DATASET_ENTRIES = ("master_sheet.csv", "eye_gaze.csv", "fixations.csv", "files")  # what a set consists of
+MANIFEST = ".cxrlib-synthetic.json"  # the files a synthetic writer made: all that --overwrite may remove
 # How the pixel data are stored. MIMIC-CXR's DICOMs are mostly JPEG 2000; every option is lossless,
 # so the loader sees the same pixels whatever the choice.
 TRANSFER_SYNTAXES = {"explicit": ExplicitVRLittleEndian, "jpeg2000": JPEG2000Lossless, "jpegls": JPEGLSLossless}
@@ -145,9 +149,12 @@ def make_egd_like(out_dir, *, n_images: int = 300, seed: int = 0, native_size=(3
     ``jpegls`` (lossless; encoding needs pylibjpeg-openjpeg or pyjpegls).
     Same ``seed``: byte-identical CSVs and identical pixel arrays. The set is written into a
     temporary folder beside ``out_dir`` and renamed into place at the end, so no reader ever
-    sees a half-written set. With ``overwrite=True`` an existing set is replaced; other files in
-    the folder are kept. ``difficulty`` (0 to 1): how weak and overlapping the class signatures
-    are (`cxrlib.synthetic.anatomy`).
+    sees a half-written set. With ``overwrite=True`` a set this writer made before is replaced:
+    only the files its manifest (``.cxrlib-synthetic.json``) lists are removed, every other file in
+    the folder is kept, and a folder holding a data set it did not write (EGD-CXR, MIMIC-CXR) is
+    refused (:func:`replaceable_files`). A full disk is reported as such, with the space needed.
+    ``difficulty`` (0 to 1): how weak and overlapping the class signatures are
+    (`cxrlib.synthetic.anatomy`).
     """
     difficulty = anatomy.check_difficulty(difficulty)
     out = pathlib.Path(out_dir)
@@ -155,9 +162,21 @@ def make_egd_like(out_dir, *, n_images: int = 300, seed: int = 0, native_size=(3
                      transfer_syntax=transfer_syntax, repeat_patient_frac=repeat_patient_frac,
                      monochrome1_frac=monochrome1_frac, reading_seconds=reading_seconds, gaze_hz=gaze_hz,
                      offscreen_frac=offscreen_frac)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; choose an empty folder or pass overwrite=True")
+    ours = replaceable_files(out, overwrite)
     final, out = out, _temporary_folder(out)
+    with disk_full_reported(final, _bytes_needed(n_images, native_size, native_shape, reading_seconds, gaze_hz)):
+        _write_set(out, final, ours, n_images=n_images, seed=seed, native_size=native_size,
+                   native_shape=native_shape, transfer_syntax=transfer_syntax,
+                   repeat_patient_frac=repeat_patient_frac, monochrome1_frac=monochrome1_frac,
+                   reading_seconds=reading_seconds, gaze_hz=gaze_hz, offscreen_frac=offscreen_frac,
+                   progress=progress, difficulty=difficulty)
+    return final
+
+
+def _write_set(out, final, ours, *, n_images, seed, native_size, native_shape, transfer_syntax,
+               repeat_patient_frac, monochrome1_frac, reading_seconds, gaze_hz, offscreen_frac, progress,
+               difficulty) -> None:
+    """The body of `make_egd_like`: write the set into ``out``, then move it onto ``final``."""
     rng = np.random.default_rng([seed, 0])
     labels, patient = _plan(rng, n_images, repeat_patient_frac)
     n_pat = int(patient.max()) + 1
@@ -218,8 +237,8 @@ def make_egd_like(out_dir, *, n_images: int = 300, seed: int = 0, native_size=(3
     pd.DataFrame(rows).to_csv(out / "master_sheet.csv", index=False)
     pd.concat(gaze, ignore_index=True).to_csv(out / "eye_gaze.csv", index=False)
     pd.concat(fixations, ignore_index=True).to_csv(out / "fixations.csv", index=False)
-    _move_into_place(out, final)
-    return final
+    write_manifest(out, "cxrlib.synthetic.egd")
+    _move_into_place(out, final, ours)
 
 
 def _temporary_folder(final: pathlib.Path) -> pathlib.Path:
@@ -234,19 +253,131 @@ def _temporary_folder(final: pathlib.Path) -> pathlib.Path:
     return tmp
 
 
-def _move_into_place(tmp: pathlib.Path, final: pathlib.Path) -> None:
-    """Rename the finished set onto ``final``. An old folder is renamed aside, then deleted,
-    after its files that are not part of a data set have moved into the new one."""
+def _move_into_place(tmp: pathlib.Path, final: pathlib.Path, ours: frozenset = frozenset()) -> None:
+    """Rename the finished set onto ``final``. Every file of the old folder that the writer did
+    not make (not in ``ours``, the old manifest's list) first moves into the new set at the same
+    place; the old folder, which then holds only the writer's own files, is renamed aside and
+    deleted. A file of the user's where the new set writes one is refused before anything moves."""
     old = None
     if final.exists():
-        for entry in final.iterdir():
-            if entry.name not in DATASET_ENTRIES:
-                os.replace(entry, tmp / entry.name)
+        keep = [f for f in _files(final) if f not in ours]
+        clash = [f for f in keep if (tmp / f).exists() or (tmp / f).is_symlink()]
+        if clash:
+            raise FileExistsError(
+                f"{final / clash[0]} is not a file this writer made, and the new set writes a file of that "
+                f"name ({len(clash)} such file(s)); move it elsewhere and run again (nothing was changed)")
+        for f in keep:
+            (tmp / f).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(final / f, tmp / f)
         old = final.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old"
         os.replace(final, old)
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _files(folder: pathlib.Path) -> list[str]:
+    """Every file (or link) under ``folder``, as POSIX paths relative to it."""
+    out = []
+    for root, dirs, names in os.walk(folder):
+        base = pathlib.Path(root)
+        names += [d for d in dirs if (base / d).is_symlink()]  # a linked folder is one entry, not walked
+        out += [(base / n).relative_to(folder).as_posix() for n in names]
+    return sorted(out)
+
+
+def write_manifest(folder: pathlib.Path, writer: str) -> None:
+    """Record every file under ``folder`` (a finished synthetic set) as written by ``writer``."""
+    files = _files(folder)
+    (folder / MANIFEST).write_text(json.dumps({"writer": writer, "files": files}, indent=0) + "\n")
+
+
+def replaceable_files(folder, overwrite: bool) -> frozenset:
+    """The files of ``folder`` that a new synthetic set may remove (those an earlier one wrote).
+
+    An empty or missing folder: none. A non-empty one without ``overwrite``: FileExistsError. A
+    folder that holds a data set (a master sheet, gaze files, ``files/`` or ``main_data/``) with no
+    manifest of this writer is refused: it may be EGD-CXR or MIMIC-CXR. A set written by a
+    cxrlib from before the manifest is recognised by its ``synthetic_ctr`` column; its files are
+    the three CSVs and the images the master sheet lists.
+    """
+    folder = pathlib.Path(folder)
+    if not folder.exists() or not any(folder.iterdir()):
+        return frozenset()
+    if not overwrite:
+        raise FileExistsError(f"{folder} is not empty; choose an empty folder or pass overwrite=True "
+                              f"(--overwrite), which replaces only a set this writer made")
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        try:
+            return frozenset(json.loads(manifest.read_text())["files"]) | {MANIFEST}
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{manifest}: unreadable manifest ({err}); delete the synthetic set by hand, "
+                             f"or choose another folder") from None
+    legacy = _legacy_synthetic_files(folder)
+    if legacy is None:
+        legacy = _legacy_synthetic_reflacx(folder)
+    if legacy is not None:
+        return legacy
+    found = [name + "/" * (folder / name).is_dir() for name in (*DATASET_ENTRIES, "main_data") if (folder / name).exists()]
+    if found:
+        raise FileExistsError(
+            f"{folder} holds {' and '.join(found)}, which cxrlib did not write (no {MANIFEST}): it looks like "
+            f"a real data set (EGD-CXR, MIMIC-CXR or REFLACX), and --overwrite never deletes what it did "
+            f"not create; choose another folder")
+    return frozenset()
+
+
+def _legacy_synthetic_files(folder: pathlib.Path):
+    sheet = folder / "master_sheet.csv"
+    try:
+        table = pd.read_csv(sheet) if sheet.is_file() else None
+    except Exception:  # noqa: BLE001 - unreadable: not recognisably ours
+        return None
+    if table is None or "synthetic_ctr" not in table.columns or "path" not in table.columns:
+        return None
+    return frozenset(["master_sheet.csv", "eye_gaze.csv", "fixations.csv", *table["path"].astype(str)])
+
+
+def _legacy_synthetic_reflacx(folder: pathlib.Path):
+    """A REFLACX-format set of a cxrlib from before the manifest: ``main_data/`` and ``files/``
+    only, every DICOM named ``SYNTHETIC^<n>`` (as `write_dicom` names the patients). Its files
+    are those under ``main_data/`` and ``files/``."""
+    if not (folder / "main_data").is_dir() or (folder / "master_sheet.csv").exists():
+        return None
+    import pydicom
+
+    files = [f for f in _files(folder) if f.startswith(("main_data/", "files/"))]
+    for f in files:
+        if f.startswith("files/"):
+            try:
+                name = str(pydicom.dcmread(folder / f, stop_before_pixels=True, specific_tags=["PatientName"])
+                           .get("PatientName", ""))
+            except Exception:  # noqa: BLE001 - not a DICOM this writer made
+                return None
+            if not name.startswith("SYNTHETIC^"):
+                return None
+    return frozenset(files)
+
+
+def _bytes_needed(n_images, native_size, native_shape, reading_seconds, gaze_hz) -> int:
+    """About what a set takes on disk: 16-bit pixels (compression only makes it smaller) and
+    about 70 bytes per gaze sample."""
+    h = np.mean(native_size) if native_shape is None else native_shape[0]
+    w = 0.865 * h if native_shape is None else native_shape[1]
+    return int(n_images * (2 * h * w + 4096 + 70 * gaze_hz * np.mean(reading_seconds)))
+
+
+@contextlib.contextmanager
+def disk_full_reported(folder, needed: int):
+    """Turn a write failure of a full disk (pydicom's or pandas's OSError) into one line."""
+    try:
+        yield
+    except OSError as err:
+        full = disk_full_error(err, folder, needed, what="the synthetic data set into")
+        if full is None:
+            raise
+        raise full from None
 
 
 def _check_arguments(*, n_images, native_size, native_shape, transfer_syntax, repeat_patient_frac,

@@ -44,7 +44,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cxrlib.synthetic import anatomy
-from cxrlib.synthetic.egd import _hex_id, _uid, write_dicom
+from cxrlib.synthetic.egd import (_hex_id, _move_into_place, _temporary_folder, _uid, disk_full_reported,
+                                  replaceable_files, write_dicom, write_manifest)
 from cxrlib.synthetic.reading import SCREEN, display_fit, simulate_reading
 
 SCREEN_PPD = 40.0  # screen pixels per degree: a 1920-px-wide display about 65 cm from the eyes
@@ -161,11 +162,21 @@ def make_reflacx_like(out_dir, *, n_images: int = 40, seed: int = 0, n_readers: 
     `cxrlib.synthetic.egd.make_egd_like`.
     """
     out = pathlib.Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; choose an empty folder or pass overwrite=True")
     if n_images < 4 or n_readers < 2:  # every phase gets an image
         raise ValueError(f"need at least 4 images and 2 readers, got {n_images} and {n_readers}")
     difficulty = anatomy.check_difficulty(difficulty)
+    ours = replaceable_files(out, overwrite)  # as make_egd_like: only a set it wrote is replaced
+    final, out = out, _temporary_folder(out)
+    with disk_full_reported(final, n_images * int(2 * 0.865 * np.mean(native_size) ** 2 + 64_000)):
+        _write_set(out, n_images=n_images, seed=seed, n_readers=n_readers, native_size=native_size,
+                   discard_frac=discard_frac, progress=progress, difficulty=difficulty)
+        write_manifest(out, "cxrlib.synthetic.reflacx")
+        _move_into_place(out, final, ours)
+    return final
+
+
+def _write_set(out, *, n_images, seed, n_readers, native_size, discard_frac, progress, difficulty) -> None:
+    """The body of `make_reflacx_like`: write the set into the folder ``out``."""
     (out / "main_data").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 10])
     readers = _readers(rng, n_readers)
@@ -208,4 +219,3 @@ def make_reflacx_like(out_dir, *, n_images: int = 40, seed: int = 0, n_readers: 
     for phase, table in rows.items():
         table = pd.DataFrame(table, columns=METADATA_COLUMNS).sort_values("id" if phase < 3 else "image", kind="stable")
         _write_csv(table, out / "main_data" / f"metadata_phase_{phase}.csv")
-    return out

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from cxrlib.config import NOT_WEIGHT_FIELDS, STAGE_CONFIGS
+from cxrlib.diskspace import disk_full_error
 from cxrlib.runfolder import unique_tmp
 
 BEST, LAST = "best.pt", "last.pt"
@@ -75,9 +76,25 @@ def atomic_save(obj, path) -> Path:
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        full = disk_full_error(err, path, _tensor_bytes(obj), what="the checkpoint")
+        if full is None:
+            raise
+        raise full from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of the tensors in ``obj`` (nested dicts, lists): about what torch.save writes."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def _advice(path: Path) -> str:
@@ -95,13 +112,20 @@ def _reason(err: Exception) -> str:
     import re
 
     text = str(err)
-    unsupported = re.search(r"Unsupported (global: GLOBAL \S+|operand \S+|[^.\n]*)", text)
+    unsupported = re.search(r"unsupported (global: GLOBAL \S+|GLOBAL \S+|operand \S+|[^.\n]*)", text, re.IGNORECASE)
     if unsupported:
         return f"{type(err).__name__}: {unsupported.group(0)}"
     first = (text.strip().splitlines() or [""])[0]
     if not first or "weights_only" in first or "Weights only" in first:
         return type(err).__name__
     return f"{type(err).__name__}: {first[:200]}"
+
+
+def is_pickled_payload(err: Exception) -> bool:
+    """torch's weights-only unpickler refused a global, the mark of a pickled object (its wording
+    changed across versions: "Unsupported global: GLOBAL x", "unsupported GLOBAL x" in 2.14).
+    Garbage bytes fail otherwise ("unsupported operand", a bad zip) and count as unreadable."""
+    return "unsupported global" in str(err).lower()
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -118,11 +142,11 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, garbage, wrong format: assorted errors deep in torch
-        if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err):
+        if isinstance(err, pickle.UnpicklingError) and is_pickled_payload(err):
             raise CheckpointError(
-                f"{path}: holds Python objects other than tensors and plain values, which cxrlib does not "
-                f"unpickle ({_reason(err)}); save the weights alone (torch.save(model.state_dict(), path)), "
-                f"or {_advice(path)}") from None
+                f"{path}: holds a pickled payload (Python objects other than tensors and plain values), which "
+                f"cxrlib refuses to unpickle, so nothing in it ran ({_reason(err)}); the file itself is intact. "
+                f"Save the weights alone (torch.save(model.state_dict(), path)), or {_advice(path)}") from None
         raise CheckpointError(
             f"{path}: cannot read this checkpoint ({size} bytes; truncated, or not a PyTorch file: "
             f"{_reason(err)}); {_advice(path)}") from None
