@@ -15,12 +15,22 @@ The install cell comes before ``cxrlib`` exists in the runtime, so it cannot cal
 :func:`install_cell_source` writes its text from the one repository URL (``pyproject.toml``'s
 ``[project.urls] Repository``) and a test checks that every notebook holds exactly that text.
 
+Rerunning in the same kernel: later cells leave names (``config``, ``data``, ...) in the
+notebook's globals, which the first run would read as misspelt parameters. So ``start`` keeps a
+note in the namespace (``_cxrlib_start``) of IPython's input count and the values it wrote back; on
+the next call it reads the stage's parameters, and the names the last literals-only cell run since
+assigns (the parameters cell, edited) so that a misspelt parameter still fails at once; it ignores
+the rest (even a misspelt name of an earlier, since corrected, parameters cell). ``profile`` and
+``run_dir`` that it resolved itself are resolved again, so changing ``profile`` never reuses the
+earlier profile's run folder.
+
 Tests fake Colab: ``CXRLIB_COLAB=1`` stands for the ``google.colab`` module, ``CXRLIB_DRIVE_ROOT``
 for the mount point and ``mount=`` for ``google.colab.drive.mount``.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import sys
@@ -30,6 +40,7 @@ from typing import Callable
 
 from cxrlib.config import PROFILES, repository_root
 from cxrlib.run import NOTEBOOK_STAGES
+from cxrlib.training.equal_stages import stage_complete
 from cxrlib.training.stages import TRAINABLE_STAGES  # stages that write <stage>/best.pt and last.pt
 
 # stage -> the notebook that trains or writes it. The one place start() learns notebook names
@@ -161,10 +172,61 @@ def _path_lines(config, upstream: Path | None) -> list[str]:
         lines.append(f"reads:        {upstream}{state}")
     writes = stage_dir / CHECKPOINT if config.stage in TRAINABLE_STAGES else stage_dir
     lines.append(f"writes:       {writes}")
-    if config.stage in TRAINABLE_STAGES and not config.resume and (stage_dir / "last.pt").is_file():
+    if config.stage in TRAINABLE_STAGES and not config.resume and (stage_dir / "last.pt").is_file() \
+            and not stage_complete(stage_dir):
         lines.append(f"note:         {stage_dir / 'last.pt'} is left from an interrupted run: set resume = True "
                      f"to continue it, or leave resume = False to train again from the start")
     return lines
+
+
+_STATE = "_cxrlib_start"  # start's note in the notebook's namespace (a leading _: never a parameter)
+
+
+def _literal_assignments(source: str) -> set[str]:
+    """The names a literals-only cell assigns (``epochs = 3``: a parameters cell or papermill's
+    injected one); empty for any other cell."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return set()
+    names = set()
+    for node in body:
+        if not (isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets)):
+            return set()
+        try:
+            ast.literal_eval(node.value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return set()
+        names.update(t.id for t in node.targets)
+    return names
+
+
+def parameter_namespace(stage: str, namespace: dict) -> dict:
+    """The part of ``namespace`` that :func:`start` reads as parameters (see the module docstring).
+
+    The first call reads every public name (papermill's injected names included). A later call (a
+    rerun in the same kernel) reads the stage's parameters and the names of the last literals-only
+    cell run since the previous call that assigns a parameter (the parameters cell, edited): a
+    misspelt name there fails; names later cells created (``config``, ``data``) are not read.
+    """
+    from cxrlib.config import parameter_names
+
+    state = namespace.get(_STATE)
+    history = list(namespace.get("In") or [])
+    if not isinstance(state, dict):
+        namespace[_STATE] = {"n_in": len(history), "written": {}}
+        return dict(namespace)
+    valid = set(parameter_names(stage)) | {"profile"}
+    typed = set()
+    for source in history[state["n_in"]:]:
+        names = _literal_assignments(str(source))
+        if names & valid:  # a parameters cell, not a later cell's `n_show = 8`
+            typed = names
+    state["n_in"] = len(history)
+    for name, value in state["written"].items():  # resolved by start, not typed: resolve again
+        if name not in typed and namespace.get(name) == value:
+            namespace[name] = None
+    return {k: v for k, v in namespace.items() if k in valid or k in typed}
 
 
 def start(stage: str, namespace: dict, *, mount: Callable[[str], None] | None = None):
@@ -179,6 +241,8 @@ def start(stage: str, namespace: dict, *, mount: Callable[[str], None] | None = 
                          f"{', '.join(STAGE_NOTEBOOKS)}")
     colab = in_colab()
     gpu = _gpu_name()
+    params = parameter_namespace(stage, namespace)
+    written = {k: None for k in ("profile", "run_dir") if namespace.get(k) is None}
     profile, why = choose_profile(namespace.get("profile"), colab=colab, gpu=gpu is not None,
                                   egd_root=namespace.get("egd_root"))
     if profile not in PROFILES:
@@ -197,9 +261,11 @@ def start(stage: str, namespace: dict, *, mount: Callable[[str], None] | None = 
 
     from cxrlib.config import config_from_namespace  # after the namespace holds the resolved values
 
-    config = config_from_namespace(stage, namespace)
+    params.update({k: namespace.get(k) for k in ("profile", "run_dir")})
+    config = config_from_namespace(stage, params)
     if namespace.get("run_dir") is None:
         namespace["run_dir"] = config.run_dir
+    namespace[_STATE]["written"] = {k: namespace[k] for k in written}
     config.save()
     upstream = upstream_checkpoint(config)
     _print_report(config, profile, why, gpu, drive_note, upstream)
