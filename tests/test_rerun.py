@@ -104,3 +104,35 @@ def test_the_report_says_interrupted_only_for_a_stage_that_did_not_finish(kernel
     kernel(SETUP)
     said = "interrupted" in capsys.readouterr().out
     assert said is not finished
+
+
+def test_train_upstream_follows_the_registry_and_trains_only_what_is_missing(kernel, monkeypatch, capsys):
+    from cxrlib.training import stages
+
+    trained = []
+    monkeypatch.setattr(stages, "prepare_data", lambda config, progress=True: "data")
+
+    def fake_run_stage(config, data, progress=True):  # a finished stage, as the trainer leaves it
+        trained.append((config.stage, config.profile, config.run_dir))
+        config.stage_dir.mkdir(parents=True, exist_ok=True)
+        (config.stage_dir / "best.pt").write_bytes(b"w")
+        config.save(config.stage_dir / "config.json")
+        (config.stage_dir / "history.json").write_text(json.dumps([{"epoch": 1, "end": "epochs"}]))
+
+    monkeypatch.setattr(stages, "run_stage", fake_run_stage)
+    kernel(PARAMS_CELL.replace('init_from = "none"', "init_from = None") + "\ntrain_upstream = True")
+    ns = kernel('config = start("stage3", globals())')
+    run_dir = ns["config"].run_dir
+    assert trained == [(s, "smoke", run_dir) for s in ("stage1a", "stage1b", "stage2")]
+    out = capsys.readouterr().out
+    assert "train_upstream 1/3: stage1a (notebook 02_contrastive_pretraining.ipynb)" in out
+    assert "train_upstream 3/3: stage2 done" in out
+    trained.clear()
+    kernel('config = start("stage3", globals())')  # all there now: nothing trains again
+    assert trained == []
+
+
+def test_without_train_upstream_the_message_offers_it(kernel):
+    kernel(PARAMS_CELL.replace('profile = None', 'profile = "demo"').replace('init_from = "none"', "init_from = None"))
+    with pytest.raises(FileNotFoundError, match="train_upstream = True"):
+        kernel('config = start("stage2", globals())')
