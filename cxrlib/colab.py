@@ -49,7 +49,9 @@ STAGE_NOTEBOOKS = {stage: notebook for notebook, stage in NOTEBOOK_STAGES.items(
 
 # Parameters of the notebooks that are no config field: they say what start() does, not how a
 # stage trains. train_upstream: train the missing upstream stages first (see train_missing_upstream).
-NOTEBOOK_PARAMETERS = ("train_upstream",)
+# variant: write this run to <run_dir>/variants/<name>/ (see variant_config).
+NOTEBOOK_PARAMETERS = ("train_upstream", "variant")
+VARIANTS_FOLDER = "variants"
 # The fields an upstream stage trained by train_upstream takes from this notebook: the same data.
 _SHARED_WITH_UPSTREAM = ("run_dir", "egd_root", "image_root", "image_size", "synthetic_images", "data_seed",
                          "device", "num_workers")
@@ -151,6 +153,24 @@ def check_upstream(config) -> Path | None:
         raise FileNotFoundError(message)
     warnings.warn(message + " (smoke profile: continuing from random weights)", stacklevel=3)
     return path
+
+
+def variant_config(config, name: str):
+    """``config`` for a "Try it" run named ``name``: it writes to ``<run_dir>/variants/<name>/``
+    (its own data, split and cache, the same for the same ``data_seed``) and starts from the main
+    run's upstream checkpoint, so ``<run_dir>/<stage>/``, which the next notebook reads, is left alone."""
+    import dataclasses
+
+    from cxrlib.training.stages import STAGES
+
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"parameter 'variant' must be None or a folder name (letters, digits, '-', '_', '.'), "
+                         f"got {name!r}")
+    changes = {"run_dir": str(Path(config.run_dir) / VARIANTS_FOLDER / name)}
+    source = getattr(config, "init_from", None)
+    if source in STAGES:
+        changes["init_from"] = str(Path(config.run_dir) / source / CHECKPOINT)
+    return dataclasses.replace(config, **changes)
 
 
 def missing_upstream_chain(config) -> list[str]:
@@ -304,15 +324,20 @@ def start(stage: str, namespace: dict, *, mount: Callable[[str], None] | None = 
 
     params.update({k: namespace.get(k) for k in ("profile", "run_dir")})
     train_upstream = bool(params.pop("train_upstream", False))
-    config = config_from_namespace(stage, params)
+    variant = params.pop("variant", None)
+    main = config_from_namespace(stage, params)
     if namespace.get("run_dir") is None:
-        namespace["run_dir"] = config.run_dir
+        namespace["run_dir"] = main.run_dir
     namespace[_STATE]["written"] = {k: namespace[k] for k in written}
+    config = main if variant is None else variant_config(main, variant)
     config.save()
     upstream = upstream_checkpoint(config)
     _print_report(config, profile, why, gpu, drive_note, upstream)
-    if train_upstream and missing_upstream_chain(config):
-        train_missing_upstream(config, {**params, "run_dir": config.run_dir})
+    if variant is not None:
+        print(f"variant:      {variant!r}: this run writes {config.stage_dir}; {main.stage_dir}, which the next "
+              f"notebook reads, is left alone (variant = None writes there)")
+    if train_upstream and missing_upstream_chain(main):
+        train_missing_upstream(main, {**params, "run_dir": main.run_dir})
     check_upstream(config)
     return config
 

@@ -136,3 +136,19 @@ def test_without_train_upstream_the_message_offers_it(kernel):
     kernel(PARAMS_CELL.replace('profile = None', 'profile = "demo"').replace('init_from = "none"', "init_from = None"))
     with pytest.raises(FileNotFoundError, match="train_upstream = True"):
         kernel('config = start("stage2", globals())')
+
+
+def test_a_variant_run_writes_its_own_folder_and_leaves_the_main_stage_alone(kernel, tmp_path, capsys):
+    main = tmp_path / "runs" / "stage1b"
+    main.mkdir(parents=True)
+    (main / "config.json").write_text('{"stage": "stage1b", "lr": 0.001}')
+    kernel(PARAMS_CELL.replace('init_from = "none"', "init_from = None") + '\nvariant = "try-lr"\nlr = 0.5')
+    config = kernel(SETUP)["config"]  # smoke: the missing upstream only warns
+    assert config.run_dir == str(tmp_path / "runs" / "variants" / "try-lr") and config.lr == 0.5
+    assert config.init_from == str(tmp_path / "runs" / "stage1a" / "best.pt")  # the main run's upstream
+    assert json.loads((config.stage_dir / "config.json").read_text())["lr"] == 0.5
+    assert json.loads((main / "config.json").read_text())["lr"] == 0.001  # untouched
+    assert f"this run writes {config.stage_dir}" in capsys.readouterr().out
+    kernel('variant = "../x"')
+    with pytest.raises(ValueError, match="parameter 'variant'"):
+        kernel(SETUP)
