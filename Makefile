@@ -27,8 +27,8 @@ bench: install
 figures:
 	$(PYTHON) -c "from cxrlib.plots import publish_figures; publish_figures()"
 
-# After changing [project.urls] Repository in pyproject.toml (a fork): rewrite every notebook's
-# install cell and Colab badge from it.
+# After changing [project.urls] Repository or the version in pyproject.toml (a fork, a release):
+# rewrite every notebook's install cell (URL and pinned tag v<version>) and Colab badge from it.
 colab-urls:
 	$(PYTHON) -c "from cxrlib.colab import sync_notebooks; print(*sync_notebooks() or ['notebooks already match'], sep='\n')"
 

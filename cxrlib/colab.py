@@ -15,12 +15,22 @@ The install cell comes before ``cxrlib`` exists in the runtime, so it cannot cal
 :func:`install_cell_source` writes its text from the one repository URL (``pyproject.toml``'s
 ``[project.urls] Repository``) and a test checks that every notebook holds exactly that text.
 
+Rerunning in the same kernel: later cells leave names (``config``, ``data``, ...) in the
+notebook's globals, which the first run would read as misspelt parameters. So ``start`` keeps a
+note in the namespace (``_cxrlib_start``) of IPython's input count and the values it wrote back; on
+the next call it reads the stage's parameters, and the names the last literals-only cell run since
+assigns (the parameters cell, edited) so that a misspelt parameter still fails at once; it ignores
+the rest (even a misspelt name of an earlier, since corrected, parameters cell). ``profile`` and
+``run_dir`` that it resolved itself are resolved again, so changing ``profile`` never reuses the
+earlier profile's run folder.
+
 Tests fake Colab: ``CXRLIB_COLAB=1`` stands for the ``google.colab`` module, ``CXRLIB_DRIVE_ROOT``
 for the mount point and ``mount=`` for ``google.colab.drive.mount``.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import sys
@@ -30,11 +40,21 @@ from typing import Callable
 
 from cxrlib.config import PROFILES, repository_root
 from cxrlib.run import NOTEBOOK_STAGES
+from cxrlib.training.equal_stages import stage_complete
 from cxrlib.training.stages import TRAINABLE_STAGES  # stages that write <stage>/best.pt and last.pt
 
 # stage -> the notebook that trains or writes it. The one place start() learns notebook names
 # (derived from cxrlib run's list, so a new notebook such as 08 joins both at once).
 STAGE_NOTEBOOKS = {stage: notebook for notebook, stage in NOTEBOOK_STAGES.items()}
+
+# Parameters of the notebooks that are no config field: they say what start() does, not how a
+# stage trains. train_upstream: train the missing upstream stages first (see train_missing_upstream).
+# variant: write this run to <run_dir>/variants/<name>/ (see variant_config).
+NOTEBOOK_PARAMETERS = ("train_upstream", "variant")
+VARIANTS_FOLDER = "variants"
+# The fields an upstream stage trained by train_upstream takes from this notebook: the same data.
+_SHARED_WITH_UPSTREAM = ("run_dir", "egd_root", "image_root", "image_size", "synthetic_images", "data_seed",
+                         "device", "num_workers")
 
 DEFAULT_MOUNT_POINT = "/content/drive"
 CHECKPOINT = "best.pt"  # the name train.BEST gives the best-validation checkpoint
@@ -119,8 +139,8 @@ def missing_upstream_message(config, path: Path) -> str:
                 f"of an existing checkpoint, or init_from='none' to start from random weights")
     return (f"{config.stage} starts from the {source} checkpoint {path}, which does not exist. Run notebook "
             f"{notebook} first with the same profile ({config.profile!r}) and run_dir ({config.run_dir}); "
-            f"on Colab both notebooks then keep the run folder on Google Drive. Or set init_from = 'none' "
-            f"to start from random weights.")
+            f"on Colab both notebooks then keep the run folder on Google Drive. Or set train_upstream = True "
+            f"to train the missing stages here first, or init_from = 'none' to start from random weights.")
 
 
 def check_upstream(config) -> Path | None:
@@ -133,6 +153,57 @@ def check_upstream(config) -> Path | None:
         raise FileNotFoundError(message)
     warnings.warn(message + " (smoke profile: continuing from random weights)", stacklevel=3)
     return path
+
+
+def variant_config(config, name: str):
+    """``config`` for a "Try it" run named ``name``: it writes to ``<run_dir>/variants/<name>/``
+    (its own data, split and cache, the same for the same ``data_seed``) and starts from the main
+    run's upstream checkpoint, so ``<run_dir>/<stage>/``, which the next notebook reads, is left alone."""
+    import dataclasses
+
+    from cxrlib.training.stages import STAGES
+
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"parameter 'variant' must be None or a folder name (letters, digits, '-', '_', '.'), "
+                         f"got {name!r}")
+    changes = {"run_dir": str(Path(config.run_dir) / VARIANTS_FOLDER / name)}
+    source = getattr(config, "init_from", None)
+    if source in STAGES:
+        changes["init_from"] = str(Path(config.run_dir) / source / CHECKPOINT)
+    return dataclasses.replace(config, **changes)
+
+
+def missing_upstream_chain(config) -> list[str]:
+    """The upstream stages to train before ``config``'s, oldest first: following each stage's
+    default ``init_from`` in the stage registry while its folder holds no finished stage."""
+    from cxrlib.training.stages import STAGES
+
+    chain, source = [], getattr(config, "init_from", None)
+    while source in STAGES and not stage_complete(Path(config.run_dir) / source):
+        chain.insert(0, source)
+        source = STAGES[source].upstream
+    return chain
+
+
+def train_missing_upstream(config, params: dict, *, progress: bool = True, log=print) -> list[str]:
+    """Train the missing upstream stages of ``config`` in its profile and run folder, each with
+    its profile's settings and this notebook's data parameters; a line per stage. Returns them."""
+    import time
+
+    from cxrlib.config import make_config, parameter_names
+    from cxrlib.training.stages import prepare_data, run_stage
+
+    chain = missing_upstream_chain(config)
+    for i, stage in enumerate(chain, 1):
+        shared = {k: params[k] for k in _SHARED_WITH_UPSTREAM
+                  if params.get(k) is not None and k in parameter_names(stage)}
+        upstream = make_config(stage, config.profile, **{**shared, "run_dir": config.run_dir})
+        log(f"train_upstream {i}/{len(chain)}: {stage} (notebook {STAGE_NOTEBOOKS[stage]}), "
+            f"{upstream.epochs} epochs, profile {config.profile!r} -> {upstream.stage_dir}")
+        started = time.perf_counter()
+        run_stage(upstream, prepare_data(upstream, progress=progress), progress=progress)
+        log(f"train_upstream {i}/{len(chain)}: {stage} done in {(time.perf_counter() - started) / 60:.1f} min")
+    return chain
 
 
 def _gpu_lines(config, gpu: str | None) -> list[str]:
@@ -161,16 +232,68 @@ def _path_lines(config, upstream: Path | None) -> list[str]:
         lines.append(f"reads:        {upstream}{state}")
     writes = stage_dir / CHECKPOINT if config.stage in TRAINABLE_STAGES else stage_dir
     lines.append(f"writes:       {writes}")
-    if config.stage in TRAINABLE_STAGES and not config.resume and (stage_dir / "last.pt").is_file():
+    if config.stage in TRAINABLE_STAGES and not config.resume and (stage_dir / "last.pt").is_file() \
+            and not stage_complete(stage_dir):
         lines.append(f"note:         {stage_dir / 'last.pt'} is left from an interrupted run: set resume = True "
                      f"to continue it, or leave resume = False to train again from the start")
     return lines
 
 
+_STATE = "_cxrlib_start"  # start's note in the notebook's namespace (a leading _: never a parameter)
+
+
+def _literal_assignments(source: str) -> set[str]:
+    """The names a literals-only cell assigns (``epochs = 3``: a parameters cell or papermill's
+    injected one); empty for any other cell."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return set()
+    names = set()
+    for node in body:
+        if not (isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets)):
+            return set()
+        try:
+            ast.literal_eval(node.value)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return set()
+        names.update(t.id for t in node.targets)
+    return names
+
+
+def parameter_namespace(stage: str, namespace: dict) -> dict:
+    """The part of ``namespace`` that :func:`start` reads as parameters (see the module docstring).
+
+    The first call reads every public name (papermill's injected names included). A later call (a
+    rerun in the same kernel) reads the stage's parameters and the names of the last literals-only
+    cell run since the previous call that assigns a parameter (the parameters cell, edited): a
+    misspelt name there fails; names later cells created (``config``, ``data``) are not read.
+    """
+    from cxrlib.config import parameter_names
+
+    state = namespace.get(_STATE)
+    history = list(namespace.get("In") or [])
+    if not isinstance(state, dict):
+        namespace[_STATE] = {"n_in": len(history), "written": {}}
+        return dict(namespace)
+    valid = set(parameter_names(stage)) | {"profile", *NOTEBOOK_PARAMETERS}
+    typed = set()
+    for source in history[state["n_in"]:]:
+        names = _literal_assignments(str(source))
+        if names & valid:  # a parameters cell, not a later cell's `n_show = 8`
+            typed = names
+    state["n_in"] = len(history)
+    for name, value in state["written"].items():  # resolved by start, not typed: resolve again
+        if name not in typed and namespace.get(name) == value:
+            namespace[name] = None
+    return {k: v for k, v in namespace.items() if k in valid or k in typed}
+
+
 def start(stage: str, namespace: dict, *, mount: Callable[[str], None] | None = None):
     """Set up a notebook run and return its config (see the module docstring).
 
-    ``namespace`` is the notebook's ``globals()``: the parameters cell's names. When ``profile`` or
+    ``namespace`` is the notebook's ``globals()``: the parameters cell's names. ``train_upstream``
+    (a notebook parameter, no config field) trains the missing upstream stages first. When ``profile`` or
     ``run_dir`` is None, the resolved value is written back into it, so later cells see the values
     the run uses. ``mount`` replaces ``google.colab.drive.mount`` (tests).
     """
@@ -179,6 +302,8 @@ def start(stage: str, namespace: dict, *, mount: Callable[[str], None] | None = 
                          f"{', '.join(STAGE_NOTEBOOKS)}")
     colab = in_colab()
     gpu = _gpu_name()
+    params = parameter_namespace(stage, namespace)
+    written = {k: None for k in ("profile", "run_dir") if namespace.get(k) is None}
     profile, why = choose_profile(namespace.get("profile"), colab=colab, gpu=gpu is not None,
                                   egd_root=namespace.get("egd_root"))
     if profile not in PROFILES:
@@ -197,12 +322,22 @@ def start(stage: str, namespace: dict, *, mount: Callable[[str], None] | None = 
 
     from cxrlib.config import config_from_namespace  # after the namespace holds the resolved values
 
-    config = config_from_namespace(stage, namespace)
+    params.update({k: namespace.get(k) for k in ("profile", "run_dir")})
+    train_upstream = bool(params.pop("train_upstream", False))
+    variant = params.pop("variant", None)
+    main = config_from_namespace(stage, params)
     if namespace.get("run_dir") is None:
-        namespace["run_dir"] = config.run_dir
+        namespace["run_dir"] = main.run_dir
+    namespace[_STATE]["written"] = {k: namespace[k] for k in written}
+    config = main if variant is None else variant_config(main, variant)
     config.save()
     upstream = upstream_checkpoint(config)
     _print_report(config, profile, why, gpu, drive_note, upstream)
+    if variant is not None:
+        print(f"variant:      {variant!r}: this run writes {config.stage_dir}; {main.stage_dir}, which the next "
+              f"notebook reads, is left alone (variant = None writes there)")
+    if train_upstream and missing_upstream_chain(main):
+        train_missing_upstream(main, {**params, "run_dir": main.run_dir})
     check_upstream(config)
     return config
 
@@ -241,28 +376,63 @@ def repository_url(pyproject: Path | None = None) -> str:
     raise RuntimeError("no repository URL: pyproject.toml needs [project.urls] Repository")
 
 
-def install_cell_source(url: str | None = None) -> str:
+_VERSION_LINE = re.compile(r'^version\s*=\s*"([^"]+)"', re.MULTILINE)
+
+
+def package_version(pyproject: Path | None = None) -> str:
+    """The library's version: ``pyproject.toml``'s ``[project] version``, else the installed one."""
+    path = pyproject or repository_root() / "pyproject.toml"
+    if path.is_file():
+        found = _VERSION_LINE.search(path.read_text())
+        if found:
+            return found.group(1)
+    from importlib.metadata import version
+
+    return version("cxrlib")
+
+
+def install_ref(pyproject: Path | None = None) -> str:
+    """The git tag the install cell pins: ``v<version>`` (tag each release so)."""
+    return f"v{package_version(pyproject)}"
+
+
+def install_cell_source(url: str | None = None, ref: str | None = None) -> str:
     """The text of every notebook's install cell (the first code cell).
 
-    It installs ``cxrlib`` from the repository on Colab and does nothing elsewhere. Its names
-    start with ``_`` (or are in config's non-parameter list) so that :func:`start` does not read
-    them as parameters. If pip fails, the cell prints pip's last lines and stops with what to check.
+    It installs ``cxrlib`` at the tag of the version the notebook was written for (``ref``, default
+    :func:`install_ref`) from the repository on Colab, and does nothing elsewhere. Packages the
+    runtime already has stay where they satisfy the library; when pip changed one, the cell shows
+    pip's output and says to restart the runtime. Its names start with ``_`` (or are in config's
+    non-parameter list) so that :func:`start` does not read them as parameters. If pip fails, the
+    cell prints pip's last lines and stops with what to check.
     """
     url = url or repository_url()
-    return f'''# Colab only: install cxrlib from its repository. Outside Colab this cell does nothing.
-# The URL is pyproject.toml's [project.urls] Repository (a fork: change it there, then `make colab-urls`).
+    ref = ref or install_ref()
+    return f'''# Colab only: install cxrlib {ref}, the version this notebook was written for. Outside Colab this cell does nothing.
+# Today's main instead: set _ref = "main". The URL is pyproject.toml's [project.urls] Repository
+# (a fork: change it there, then `make colab-urls`).
 import subprocess
 import sys
 
 IN_COLAB = "google.colab" in sys.modules
 if IN_COLAB:
-    _source = "git+{url}"
-    _pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", _source], capture_output=True, text=True)
+    from importlib import metadata as _metadata
+
+    _ref = "{ref}"
+    _source = f"git+{url}@{{_ref}}"
+    _before = {{(_d.metadata["Name"] or "").lower(): _d.version for _d in _metadata.distributions()}}
+    _pip = subprocess.run([sys.executable, "-m", "pip", "install", _source], capture_output=True, text=True)
     if _pip.returncode != 0:
         print(_pip.stdout[-2000:] + _pip.stderr[-2000:])
         raise RuntimeError(f"pip could not install cxrlib from {{_source}} (pip's message is above). Check that "
-                           "the URL is right and the repository public, and that this runtime is online; "
-                           "then run this cell again.")
+                           "the URL is right, the repository public and the tag there (or set _ref = 'main'), "
+                           "and that this runtime is online; then run this cell again.")
+    _after = {{(_d.metadata["Name"] or "").lower(): _d.version for _d in _metadata.distributions()}}
+    _changed = sorted(_n for _n in _before if _n and _after.get(_n) != _before[_n])
+    if _changed:
+        print(_pip.stdout[-3000:])
+        print(f"pip changed packages this runtime had loaded or may load: {{', '.join(_changed)}}. "
+              "Restart the runtime now (Runtime > Restart session), then run the notebook from the top.")
     print(f"installed cxrlib from {{_source}}")'''
 
 
@@ -272,10 +442,12 @@ def check_install_cell(source: str, url: str | None = None) -> list[str]:
     if source.strip() == wanted.strip():
         return []
     problems = ["the install cell differs from cxrlib.colab.install_cell_source()"]
-    if f"git+{url or repository_url()}" not in source:
+    if f"git+{url or repository_url()}@" not in source:
         problems.append("it does not install from pyproject.toml's repository URL")
     if "returncode" not in source:
         problems.append("it does not report a failed pip install")
+    if f'_ref = "{install_ref()}"' not in source:
+        problems.append(f"it does not pin {install_ref()} (pyproject.toml's version): run `make colab-urls`")
     return problems
 
 

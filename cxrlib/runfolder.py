@@ -10,20 +10,27 @@ corrupt each other silently (the last to finish wins, and a checkpoint may then 
   when a notebook runs alone;
 * ``<run_dir>/.data.lock``: writing the synthetic set and the split (brief: others wait).
 
-A lock is a file created exclusively, holding the holder's pid, host, process start time and
-command. A second writer is refused at once (or, for the brief data lock, waits) with a message
-naming the holder. A lock whose process is gone (same host, pid dead or reused) is stale and is
-taken over with a warning; on another host that cannot be checked, so the message says how to
-remove it by hand. Locks are re-entrant within one process.
+A lock is a file created exclusively, holding the holder's pid, host, process start time,
+command and a heartbeat: a lease. While a process holds locks, a background thread rewrites their
+heartbeat every :data:`HEARTBEAT_S` seconds. A second writer is refused at once (or, for the brief
+data and split locks, waits) with a message naming the holder. A lock is stale, and is taken over
+with a warning naming the old holder and its last heartbeat, when its process is gone (same host:
+pid dead or reused) or, on any host, when its heartbeat is older than :func:`stale_after` (minutes;
+``CXRLIB_LOCK_STALE_MINUTES``): a Colab runtime that disconnected leaves a lock on Drive that the
+next runtime takes over. A live holder on another host keeps refreshing, so it is still refused.
+Locks are re-entrant within one process. Nothing here needs ``fcntl``, symlinks or hard links,
+which a Google Drive mount does not offer.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
 import socket
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -32,6 +39,33 @@ from pathlib import Path
 
 LOCK_NAME = ".lock"
 DATA_LOCK_NAME = ".data.lock"
+HEARTBEAT_S = 15.0  # how often a holder rewrites its locks' heartbeat
+STALE_MINUTES = 3.0  # a heartbeat older than this: the holder is gone (12 missed beats)
+
+
+def stale_after() -> float:
+    """Seconds after the last heartbeat at which a lock counts as abandoned, on any host
+    (``CXRLIB_LOCK_STALE_MINUTES``, default :data:`STALE_MINUTES`)."""
+    raw = os.environ.get("CXRLIB_LOCK_STALE_MINUTES")
+    if raw is None:
+        return STALE_MINUTES * 60
+    try:
+        minutes = float(raw)
+    except ValueError:
+        minutes = -1.0
+    if not minutes > 0:
+        raise ValueError(f"CXRLIB_LOCK_STALE_MINUTES must be a positive number of minutes, got {raw!r}")
+    return minutes * 60
+
+
+def _clock() -> float:
+    """Wall-clock seconds for heartbeats (tests replace it)."""
+    return time.time()
+
+
+def hostname() -> str:
+    """This machine's name in lock files; ``CXRLIB_HOSTNAME`` stands for another host (tests)."""
+    return os.environ.get("CXRLIB_HOSTNAME") or socket.gethostname()
 
 
 class RunFolderBusy(RuntimeError):
@@ -112,10 +146,15 @@ def _alive(pid: int, start: str | None) -> bool:
     return start is None or now is None or now == start
 
 
+def _stamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+
+
 def _me() -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "pid_start": _process_start(os.getpid()),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(sys.argv)[:300]}
+    now = _clock()
+    return {"pid": os.getpid(), "host": hostname(), "pid_start": _process_start(os.getpid()),
+            "started": _stamp(now), "heartbeat": now, "heartbeat_utc": _stamp(now),
+            "token": uuid.uuid4().hex, "command": " ".join(sys.argv)[:300]}
 
 
 def _read(path: Path) -> dict | None:
@@ -137,21 +176,99 @@ def describe(holder: dict) -> str:
             f"({holder.get('command') or 'unknown command'})")
 
 
+def last_heartbeat(path: Path, holder: dict) -> float | None:
+    """When the holder last showed it was alive: the heartbeat in the file (a lock written before
+    heartbeats existed, or unreadable: the file's modification time)."""
+    beat = holder.get("heartbeat")
+    if isinstance(beat, (int, float)):
+        return float(beat)
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def _stale_reason(path: Path, holder: dict) -> str | None:
+    """Why the lock ``holder`` wrote at ``path`` is abandoned, or None while it may be alive."""
+    beat = last_heartbeat(path, holder)
+    if holder.get("host") == hostname() and int(holder.get("pid", -1)) > 0:
+        if not _alive(int(holder["pid"]), holder.get("pid_start")):
+            return "that process is no longer running (killed or crashed)"
+        return None  # a live process on this machine: its heartbeat may lag (a suspended laptop)
+    if beat is not None and _clock() - beat > stale_after():
+        return (f"its last heartbeat was {_stamp(beat)} UTC, {(_clock() - beat) / 60:.1f} min ago, over the "
+                f"{stale_after() / 60:g} min after which a holder counts as gone (a runtime that disconnected)")
+    return None
+
+
 _HELD: dict[str, int] = {}  # lock path -> depth, for re-entrant use within this process
+_TOKENS: dict[str, tuple[Path, str]] = {}  # lock path -> (path, our token): the leases to refresh
+_BEAT_LOCK = threading.RLock()  # held while a heartbeat is written, so release never races a refresh
+_beat_thread: threading.Thread | None = None
+_WAKE = threading.Event()  # set: beat now (a new lease, or a shorter HEARTBEAT_S in tests)
 
 
-def _try_create(path: Path) -> bool:
+def _refresh(path: Path, token: str) -> None:
+    """Rewrite our lock's heartbeat, unless the file is no longer ours."""
+    holder = _read(path) if path.exists() else None
+    if holder is None or holder.get("token") != token:
+        return  # released, or taken over after we stalled past the timeout: never overwrite another's
+    now = _clock()
+    atomic_write_text(path, json.dumps({**holder, "heartbeat": now, "heartbeat_utc": _stamp(now)}))
+
+
+def refresh_heartbeats() -> None:
+    """Refresh every lock this process holds (the heartbeat thread calls it; tests may too)."""
+    with _BEAT_LOCK:
+        for path, token in list(_TOKENS.values()):
+            with contextlib.suppress(OSError):  # a flaky network drive: try again at the next beat
+                _refresh(path, token)
+
+
+@atexit.register
+def _stop_heartbeats() -> None:
+    """At exit, wait for a heartbeat being written (no half-written temporary file) and stop."""
+    with _BEAT_LOCK:
+        _TOKENS.clear()
+
+
+def _beat_loop() -> None:
+    global _beat_thread
+    while True:
+        _WAKE.wait(HEARTBEAT_S)
+        _WAKE.clear()
+        with _BEAT_LOCK:
+            if not _TOKENS:
+                _beat_thread = None
+                return
+        refresh_heartbeats()
+
+
+def _start_heartbeat() -> None:
+    global _beat_thread
+    with _BEAT_LOCK:
+        if _beat_thread is None or not _beat_thread.is_alive():
+            _beat_thread = threading.Thread(target=_beat_loop, name="cxrlib-lock-heartbeat", daemon=True)
+            _beat_thread.start()
+        else:
+            _WAKE.set()
+
+
+def _try_create(path: Path, content: dict | None = None) -> dict | None:
+    """Create the lock file exclusively; return what it holds, or None when it exists."""
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
-        return False
+        return None
+    content = content or _me()
     with os.fdopen(fd, "w") as f:
-        json.dump(_me(), f)
-    return True
+        json.dump(content, f)
+    return content
 
 
-def _take_over_stale(path: Path, holder: dict) -> bool:
-    """Remove a dead holder's lock; the rename makes sure it is that lock we remove."""
+def _take_over_stale(path: Path, holder: dict, reason: str) -> bool:
+    """Remove an abandoned lock. The rename moves exactly one file aside, so of two takers one gets
+    the old lock; the exclusive create after it decides who holds the new one."""
     aside = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.stale")
     try:
         os.rename(path, aside)
@@ -159,11 +276,13 @@ def _take_over_stale(path: Path, holder: dict) -> bool:
         return True  # someone else removed it: try again
     if _read(aside) == holder:
         aside.unlink(missing_ok=True)
-        warnings.warn(f"removed the stale lock {path} of {describe(holder)}: that process is no longer "
-                      f"running (killed or crashed); files it was writing are checked or rebuilt", stacklevel=4)
+        warnings.warn(f"took over the stale lock {path} of {describe(holder)}: {reason}; files it was writing "
+                      f"are checked or rebuilt", stacklevel=4)
         return True
-    with contextlib.suppress(FileExistsError):  # a live process took it meanwhile: put it back
-        os.link(aside, path)
+    # a live process took it meanwhile: put its lock back (no hard link: Drive has none)
+    content = _read(aside)
+    if content is not None and content.get("pid") != -1:
+        _try_create(path, content)
     aside.unlink(missing_ok=True)
     return False
 
@@ -178,8 +297,9 @@ def acquire(path, *, what: str, wait: float = 0.0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline, told = time.monotonic() + wait, False
     while True:
-        if _try_create(path):
-            _HELD[key] = 1
+        created = _try_create(path)
+        if created is not None:
+            _hold(key, path, created["token"])
             return
         holder = _read(path)
         if holder is None:
@@ -187,22 +307,35 @@ def acquire(path, *, what: str, wait: float = 0.0) -> None:
         me = _me()
         if holder.get("host") == me["host"] and holder.get("pid") == me["pid"] \
                 and holder.get("pid_start") == me["pid_start"]:
-            _HELD[key] = 1  # this process's own lock, left by an earlier call that did not release
+            _hold(key, path, holder.get("token"))  # this process's own lock, left by a call that did not release
             return
-        if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1)), holder.get("pid_start")):
-            _take_over_stale(path, holder)
+        reason = _stale_reason(path, holder)
+        if reason is not None:
+            _take_over_stale(path, holder, reason)
             continue
         if time.monotonic() >= deadline:
-            stale_hint = ("if that process is gone (another machine, or a container that was stopped), "
-                          f"delete {path} by hand")
+            beat = last_heartbeat(path, holder)
+            beat_text = f"its last heartbeat was {_stamp(beat)} UTC" if beat is not None else "no heartbeat"
             raise RunFolderBusy(
-                f"{what} is in use by {describe(holder)} (lock file {path}). Wait for it to finish, or use "
-                f"another run folder (run_dir / --run-dir); {stale_hint}."
+                f"{what} is in use by {describe(holder)} (lock file {path}; {beat_text}). Wait for it to "
+                f"finish, or use another run folder (run_dir / --run-dir); if that process is gone, the lock "
+                f"is taken over {stale_after() / 60:g} min after its last heartbeat (or delete {path} by hand)."
             )
         if not told:
-            print(f"waiting for {describe(holder)}, which holds {path}", file=sys.stderr, flush=True)
+            print(f"waiting for {describe(holder)}, which holds {path} (taken over if its heartbeat stops for "
+                  f"{stale_after() / 60:g} min)", file=sys.stderr, flush=True)
             told = True
         time.sleep(0.25)
+
+
+def _hold(key: str, path: Path, token: str | None) -> None:
+    _HELD[key] = 1
+    if token is None:  # our own lock from before heartbeats: rewrite it with one
+        token = _me()["token"]
+        atomic_write_text(path, json.dumps({**(_read(path) or {}), **_me(), "token": token}))
+    with _BEAT_LOCK:
+        _TOKENS[key] = (path, token)
+    _start_heartbeat()
 
 
 def release(path) -> None:
@@ -213,9 +346,12 @@ def release(path) -> None:
         _HELD[key] = depth - 1
         return
     _HELD.pop(key, None)
-    holder = _read(path) if path.exists() else None
-    if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-        path.unlink(missing_ok=True)
+    with _BEAT_LOCK:
+        _, token = _TOKENS.pop(key, (None, None))
+        holder = _read(path) if path.exists() else None
+        if holder is not None and (holder.get("token") == token if token else
+                                   holder.get("pid") == os.getpid() and holder.get("host") == hostname()):
+            path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

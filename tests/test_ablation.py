@@ -72,11 +72,36 @@ def test_equal_stages_are_linked_not_retrained(ran, root):
     assert actions["no_contrastive"]["stage1b"] == "trained"  # no 1a upstream: not the full method's 1b
     link = ablation.variant_dir(root, "densenet", 0) / "stage1b"
     source = ablation.variant_dir(root, "no_contrastive", 0) / "stage1b"
-    assert link.is_symlink() and link.resolve() == source.resolve()
+    assert not link.is_symlink() and (link / "best.pt").read_bytes() == (source / "best.pt").read_bytes()
+    assert json.loads((link / ablation.REUSED_FROM).read_text())["copied_from"] == str(source.resolve())
     # no fusion = the full method's stage-2 map with the stage-1b diagnosis
     full = pd.read_csv(ablation.variant_dir(root, "full", 0) / "per_image.csv")
     no_fusion = pd.read_csv(ablation.variant_dir(root, "no_fusion", 0) / "per_image.csv")
     assert np.allclose(full["cc"], no_fusion["cc"])
+
+
+def test_train_missing_reuses_equal_stages_without_symlinks_or_hard_links(ran, root, monkeypatch):
+    import errno
+    import os
+    import shutil
+
+    def refused(*args, **kwargs):  # what a Google Drive mount answers
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "symlink", refused)
+    monkeypatch.setattr(os, "link", refused)
+    folder = ablation.variant_dir(root, "densenet", 0)
+    shutil.rmtree(folder / "stage1b")
+    (folder / "metrics.json").unlink()
+    config = make_config("results", "smoke", run_dir=str(root), variants=("densenet",), seeds=(0,),
+                         train_missing=True, **TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = ablation.run_ablation(config, progress=False, log=lambda *a: None)
+    assert list(table["variant"]) == ["densenet"]
+    stages_run = json.loads((folder / "metrics.json").read_text())["stages"]
+    assert [s["action"] for s in stages_run] == ["linked"]
+    assert equal_stages.stage_complete(folder / "stage1b") and not (folder / "stage1b").is_symlink()
 
 
 def test_fidelity_variants_change_only_their_stage(ran, root):

@@ -220,7 +220,7 @@ def test_every_install_cell_is_the_generated_one(path):
 
 def test_install_cell_uses_the_pyproject_url():
     assert colab.repository_url() == REPO_URL
-    assert f'"git+{REPO_URL}"' in install_cell_source()
+    assert f'"git+{REPO_URL}@{{_ref}}"' in install_cell_source()
     problems = check_install_cell(install_cell_source("https://github.com/someone/else"))
     assert "it does not install from pyproject.toml's repository URL" in problems
 
@@ -230,7 +230,8 @@ def run_install_cell(monkeypatch, returncode):
 
     def fake_run(args, **kwargs):
         calls.append(args)
-        return subprocess.CompletedProcess(args, returncode, stdout="", stderr="ERROR: repository not found")
+        return subprocess.CompletedProcess(args, returncode, stdout="Successfully installed cxrlib-0.1.0",
+                                           stderr="ERROR: repository not found")
 
     monkeypatch.setattr(subprocess, "run", fake_run)
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
@@ -241,16 +242,44 @@ def run_install_cell(monkeypatch, returncode):
 
 def test_install_cell_installs_on_colab(monkeypatch, capsys, tmp_path):
     namespace, calls = run_install_cell(monkeypatch, 0)
-    assert calls == [[sys.executable, "-m", "pip", "install", "-q", f"git+{REPO_URL}"]]
-    assert f"installed cxrlib from git+{REPO_URL}" in capsys.readouterr().out
+    tag = "v" + tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert calls == [[sys.executable, "-m", "pip", "install", f"git+{REPO_URL}@{tag}"]]
+    out = capsys.readouterr().out
+    assert f"installed cxrlib from git+{REPO_URL}@{tag}" in out and "Restart" not in out
     # The names the cell leaves in globals() are not mistaken for notebook parameters.
     monkeypatch.delitem(sys.modules, "google.colab")
     monkeypatch.delenv("CXRLIB_COLAB", raising=False)
     monkeypatch.setattr(colab, "_gpu_name", lambda: None)
     namespace.pop("__builtins__")
-    assert {"IN_COLAB", "_pip", "_source"} <= set(namespace)
+    assert {"IN_COLAB", "_pip", "_source", "_ref"} <= set(namespace)
     config = start("data", {**namespace, **params(run_dir=str(tmp_path))})
     assert config.profile == "smoke"
+
+
+def test_install_cell_pins_pyproject_version_in_every_notebook():
+    import nbformat
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert colab.install_ref() == f"v{version}"
+    for path in NOTEBOOKS:
+        install = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"][0].source
+        assert f'_ref = "v{version}"' in install, path.name
+        assert '_ref = "main"' in install, path.name  # says how to install main instead
+
+
+def test_install_cell_says_restart_when_pip_changed_a_preinstalled_package(monkeypatch, capsys):
+    from importlib import metadata
+
+    versions = iter(["7.7.1", "8.1.9"])  # ipywidgets before and after pip
+
+    class Dist:
+        def __init__(self):
+            self.metadata, self.version = {"Name": "ipywidgets"}, next(versions)
+
+    monkeypatch.setattr(metadata, "distributions", lambda: [Dist()])
+    run_install_cell(monkeypatch, 0)
+    out = capsys.readouterr().out
+    assert "Successfully installed" in out and "ipywidgets" in out and "Restart the runtime" in out
 
 
 def test_failed_install_is_readable(monkeypatch, capsys):

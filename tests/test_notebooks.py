@@ -11,6 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from cxrlib.colab import NOTEBOOK_PARAMETERS
 from cxrlib.config import STAGE_CONFIGS, parameter_names
 from cxrlib.run import NOTEBOOK_STAGES
 
@@ -50,7 +51,7 @@ def test_parameters_are_literals_and_config_fields(path):
     nb = nbformat.read(path, as_version=4)
     params = code_cells(nb)[1].source
     stage = NOTEBOOK_STAGES[path.name]
-    valid = set(parameter_names(stage)) if stage in STAGE_CONFIGS else None
+    valid = set(parameter_names(stage)) | set(NOTEBOOK_PARAMETERS) if stage in STAGE_CONFIGS else None
     for node in ast.parse(params).body:
         assert isinstance(node, ast.Assign) and len(node.targets) == 1, ast.dump(node)
         ast.literal_eval(node.value)  # literals only

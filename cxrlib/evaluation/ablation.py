@@ -10,10 +10,13 @@ Run folders::
     <run_root>/splits.csv, synthetic/, cache/       the main run's data: every variant and seed sees
                                                      the same split (``data_seed`` stays fixed)
     <run_root>/ablation/<variant>/seed<k>/<stage>/   a stage of that variant at model seed k, or a
-                                                     link to an equal stage trained elsewhere
+                                                     copy of an equal stage trained elsewhere
+                                                     (``reused_from.json`` names it)
     <run_root>/ablation/<variant>/seed<k>/metrics.json, per_image.csv   its test-split results
 
-Equal stages are trained once and linked (:mod:`cxrlib.training.equal_stages`).
+Equal stages are trained once and reused (:mod:`cxrlib.training.equal_stages`): the action is
+called "linked", but the stage is copied (its ``best.pt``, ``config.json`` and history; not the
+resume state ``last.pt``), since a Google Drive mount refuses symlinks and hard links.
 """
 
 from __future__ import annotations
@@ -71,6 +74,23 @@ def _remove(folder: Path) -> None:
         shutil.rmtree(folder)
 
 
+REUSED_FROM = "reused_from.json"  # in a copied stage folder: the folder it was copied from
+_NOT_COPIED = {"last.pt", ".lock"}  # the resume state and the source's lock
+
+
+def copy_equal_stage(equal: Path, folder: Path) -> None:
+    """Put a copy of the complete stage ``equal`` at ``folder`` (no links: Drive has none). The
+    copy is made beside ``folder`` under a temporary name and renamed, so an interrupted copy is
+    never taken for a complete stage."""
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.copy.tmp")
+    _remove(tmp)
+    shutil.copytree(equal, tmp, copy_function=shutil.copyfile,
+                    ignore=lambda _, names: [n for n in names if n in _NOT_COPIED or n.endswith(".tmp")])
+    (tmp / REUSED_FROM).write_text(json.dumps({"copied_from": str(equal)}, indent=1))
+    _remove(folder)
+    os.replace(tmp, folder)
+
+
 class DataCache(dict):
     """Data bundles of the main run folder by loader settings, shared by every variant and seed."""
 
@@ -98,10 +118,9 @@ def ensure_stage(config, sig: dict, run_root, data, *, progress=True, log=print)
         return {**row, "action": "done", "seconds": 0.0, "cpu_seconds": 0.0}
     equal = find_equal(config.stage, fp, run_root, exclude=folder)
     if equal is not None:
-        _remove(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.relpath(equal, folder.parent), folder, target_is_directory=True)
-        log(f"  {config.stage}: equal to {equal}, linked")
+        copy_equal_stage(equal, folder)
+        log(f"  {config.stage}: equal to {equal}, copied (reused, not trained)")
         return {**row, "action": "linked", "reused_from": str(equal), "seconds": 0.0, "cpu_seconds": 0.0}
     same = (folder / "config.json").is_file() and not folder.is_symlink() and folder_fingerprint(folder) == fp
     if not same:

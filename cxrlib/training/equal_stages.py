@@ -2,7 +2,7 @@
 where under a run folder an equal one already is (notebook 07, ``cxrlib ablate``).
 
 Two stages are *equal* when their configs agree on every field that changes the weights and their
-upstream stages are equal (:func:`signature`). An equal, complete stage is linked instead of
+upstream stages are equal (:func:`signature`). An equal, complete stage is reused (copied) instead of
 trained again: "no fusion" is the full method's stage 1b + 2, "DenseNet201 alone" is the
 no-contrastive variant's stage 1b, and the main run's stages 1a-3 (notebooks 02-05) are the full
 method at the main run's seed when the settings agree.

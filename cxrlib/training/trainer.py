@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from cxrlib import runfolder
+from cxrlib.training import tensorboard
 from cxrlib.training import distributed, precision
 from cxrlib.training.batches import EpochShuffle, loader_workers, progress_bar, to_device
 from cxrlib.training.checkpoints import BEST, LAST, atomic_save, check_resumable, load_checkpoint, load_weights
@@ -381,6 +382,7 @@ class Trainer:
             self.history.append(row)
             if main:  # one plain line per epoch: readable live, in saved notebooks and in logs
                 print(epoch_line(row, self.config.stage, self.config.epochs), flush=True)
+                tensorboard.log_epoch(self, row, val_data)  # where TensorBoard is installed
             if improved:
                 self.best_val = val["val_loss"]
             if improved and main:
