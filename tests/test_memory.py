@@ -55,3 +55,13 @@ def test_the_check_can_be_skipped_on_purpose(monkeypatch):
 def test_the_host_memory_is_read_on_linux():
     free = memory.available_bytes(torch.device("cpu"))
     assert free is None or free > 0
+
+
+def test_the_probe_changes_no_buffer_and_keeps_each_part_mode():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 1, 1))
+    model.train()
+    model[1].eval()  # a frozen part, as set_modes leaves it
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    memory.saved_activation_bytes(model, (32, 32))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [m.training for m in model] == [True, False, True, True]

@@ -36,14 +36,15 @@ def saved_activation_bytes(model: nn.Module, image_size=PROBE, batch: int = 1) -
             seen[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    was_training = model.training
-    model.train()
+    modes = {module: module.training for module in model.modules()}
+    model.eval()  # BatchNorm's running statistics stay as they are: the probe changes no weight or buffer
     try:
-        x = torch.zeros(batch, 1, *image_size)
+        x = torch.zeros(batch, 1, *image_size, device=next(model.parameters()).device)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model(x)
     finally:
-        model.train(was_training)
+        for module, training in modes.items():  # each part's own mode back (frozen parts may be in eval)
+            module.training = training
     return sum(seen.values())
 
 
