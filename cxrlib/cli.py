@@ -12,6 +12,8 @@ import contextlib
 import os
 import sys
 
+from cxrlib.config.stage_table import CHAIN  # torch-free
+
 
 def _synth(args) -> int:
     if args.format == "reflacx":
@@ -190,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="build the sample cache in parallel before training (resumable)")
     p.add_argument("--profile", choices=("smoke", "demo", "paper"), default="demo")
-    p.add_argument("--stages", nargs="+", choices=("stage1a", "stage1b", "stage2", "stage3"),
-                   default=["stage1a", "stage1b", "stage2", "stage3"], help="whose image sizes to cache (default: all)")
+    p.add_argument("--stages", nargs="+", choices=CHAIN, default=list(CHAIN),
+                   help="whose image sizes to cache (default: all)")
     p.add_argument("--workers", type=int, help="decoding processes (default: one per CPU core, at most 8)")
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="a config field, e.g. -p egd_root /data/egd-cxr/1.0.0 (repeatable)")

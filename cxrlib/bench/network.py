@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from cxrlib.training import precision
+from cxrlib.config.stage_table import NETWORK_FIELDS  # which networks take base_width
 from cxrlib.model import MODEL_NAMES, build_model, set_activation_checkpointing
 from cxrlib.runtime import default_device
 
 __all__ = ["benchmark_models", "format_benchmark", "main"]
 
-_UNETS = ("dual", "mtunet", "resse_unet")  # the models that take base_width
 
 
 def _autocast(device: torch.device, amp) -> "precision.Autocast":
@@ -160,7 +160,7 @@ def _bench_one(name, *, image_size, batch_size, device, steps, warmup, autocast,
     y = torch.randint(0, 3, (batch_size,), generator=gen).to(device)
     target = torch.rand(batch_size, 1, h, w, generator=gen)
     target = (target / target.sum(dim=(2, 3), keepdim=True)).to(device)  # sums to 1 per image
-    kwargs = {"base_width": base_width} if name in _UNETS else {}
+    kwargs = {"base_width": base_width} if "base_width" in NETWORK_FIELDS.get(name, ()) else {}
     precision.configure_backends(device)
 
     with _PeakMemory(device) as memory:

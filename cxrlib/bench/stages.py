@@ -21,13 +21,13 @@ import torch
 
 from cxrlib.bench.network import _device_name, _PeakMemory, _sync
 from cxrlib.config import make_config
+from cxrlib.config.stage_table import CHAIN, STAGE_TABLE  # CHAIN: the cooperative stages
 from cxrlib.runtime import config_device
 from cxrlib.training.stages import TRAINABLE_STAGES
 
 __all__ = ["benchmark_stage", "format_stage_rows", "EGD_TRAIN_IMAGES", "EGD_VAL_IMAGES"]
 
 EGD_TRAIN_IMAGES, EGD_VAL_IMAGES = 760, 108  # 70 % / 10 % of EGD-CXR's 1,083 images
-CHAIN = ("stage1a", "stage1b", "stage2", "stage3")
 
 
 def _random_samples(config, n: int, seed: int = 0) -> list[dict]:
@@ -61,7 +61,7 @@ def benchmark_stage(stage: str, profile: str = "paper", *, steps: int = 5, warmu
     if stage not in TRAINABLE_STAGES:
         raise ValueError(f"--stage must be one of {TRAINABLE_STAGES}, got {stage!r}")
     params = {"pretrained": False, "init_from": "none", **params}
-    if stage == "stage3":
+    if STAGE_TABLE[stage].finetune:  # time the first phase (the head) only
         params.setdefault("finetune_epochs", 0)
     with tempfile.TemporaryDirectory(prefix="cxrlib-bench-") as run_dir:
         config = make_config(stage, profile, run_dir=run_dir, device=device, **params)

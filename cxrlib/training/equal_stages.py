@@ -18,6 +18,7 @@ from pathlib import Path
 from cxrlib.training.checkpoints import init_path
 from cxrlib.config import NOT_WEIGHT_FIELDS as _NOT_WEIGHTS  # equal stages may differ in these
 from cxrlib.training.checkpoints import BEST
+from cxrlib.config.stage_table import has_finetune
 from cxrlib.training.history import ended
 
 
@@ -78,7 +79,7 @@ def stage_complete(folder: Path) -> bool:
         return False
     cfg = json.loads((folder / "config.json").read_text())
     done = ended(_history(folder))
-    if cfg.get("mode") == "finetune" and cfg.get("finetune_epochs", 0) > 0:
+    if has_finetune(cfg):
         done = done and ended(_history(folder / "finetune"))
     return done
 
