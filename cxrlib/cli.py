@@ -260,10 +260,10 @@ def main(argv=None) -> int:
     command = argv[0] if argv and not argv[0].startswith("-") else ""
     try:
         if argv[:1] == ["bench"]:  # its own parser (cxrlib.bench.network.build_parser): hand over every option
-            from cxrlib.bench import network as bench, stages as bench_stages
+            from cxrlib.bench import network as bench_network, stages as bench_stages
 
-            bench_args = bench.build_parser().parse_args(argv[1:])
-            return (bench_stages.run_stages if bench_args.stage else bench.run_models)(bench_args)
+            bench_args = bench_network.build_parser().parse_args(argv[1:])
+            return (bench_stages.run_stages if bench_args.stage else bench_network.run_models)(bench_args)
         args = build_parser().parse_args(argv)  # a usage error exits 2 with argparse's message
         return args.func(args)
     except KeyboardInterrupt:

@@ -36,7 +36,7 @@ def _autocast(device: torch.device, amp) -> "precision.Autocast":
     return precision.autocast_settings(device, None, "auto" if amp in (None, True, "auto") else amp)
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
@@ -50,7 +50,7 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     # kernels run asynchronously; time only finished work
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -74,7 +74,7 @@ def _proc_status_kib(field: str) -> int:
         return next(int(l.split()[1]) for l in f if l.startswith(field + ":"))
 
 
-class _PeakMemory:
+class PeakMemory:
     """Peak memory of a block of work, in MiB.
 
     CUDA: ``torch.cuda.max_memory_allocated`` (tensors only). CPU: the increase of the process's
@@ -143,11 +143,11 @@ def _losses(out: dict, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def _throughput(step, n_images: int, steps: int, warmup: int, device: torch.device) -> float:
     for _ in range(warmup):  # cudnn autotuning, allocator growth, lazy init
         step()
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    sync_device(device)
     return n_images * steps / (time.perf_counter() - start)
 
 
@@ -163,7 +163,7 @@ def _bench_one(name, *, image_size, batch_size, device, steps, warmup, autocast,
     kwargs = {"base_width": base_width} if "base_width" in NETWORK_FIELDS.get(name, ()) else {}
     precision.configure_backends(device)
 
-    with _PeakMemory(device) as memory:
+    with PeakMemory(device) as memory:
         model = build_model(name, **kwargs).to(device)
         if cl:
             model.to(memory_format=torch.channels_last)
@@ -193,7 +193,7 @@ def _bench_one(name, *, image_size, batch_size, device, steps, warmup, autocast,
     del model, opt
     return {
         "model": name,
-        "device": _device_name(device),
+        "device": device_name(device),
         "image_size": f"{h}x{w}",
         "batch_size": batch_size,
         "amp": autocast.name if autocast.enabled else "none",

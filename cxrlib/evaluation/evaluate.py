@@ -94,7 +94,7 @@ def evaluate_predictions(pred: dict, *, n_boot: int = 1000, seed: int = 0, kld_e
                     ("f1_macro", lambda p, y: metrics.classification_scores(p, y)["f1_macro"])):
         _, low, high = metrics.bootstrap_ci(fn, probs, labels, n_boot=n_boot, seed=seed)
         classification[f"{key}_ci"] = [float(low), float(high)]
-    result = {"classification": _jsonable(classification), "n_test": int(len(labels)),
+    result = {"classification": jsonable(classification), "n_test": int(len(labels)),
               "eval_split": eval_split, "split": EVAL_SPLITS[eval_split]}
     target = pred["gaze_map"]
     if pred.get("saliency") is not None:
@@ -106,13 +106,13 @@ def evaluate_predictions(pred: dict, *, n_boot: int = 1000, seed: int = 0, kld_e
     return result
 
 
-def _jsonable(obj):
+def jsonable(obj):
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (np.floating, float)):
         return None if not np.isfinite(obj) else float(obj)
     if isinstance(obj, np.integer):
@@ -124,7 +124,7 @@ def write_metrics(path, result: dict, **context) -> Path:
     """``metrics.json`` with the run's context (profile, data, seed) beside the numbers."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable({**context, **result}), indent=2))
+    path.write_text(json.dumps(jsonable({**context, **result}), indent=2))
     return path
 
 

@@ -30,7 +30,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cxrlib.synthetic import anatomy
-from cxrlib.synthetic.egd import _hex_id, _uid, write_dicom
+from cxrlib.synthetic.egd import hex_id, dicom_uid, write_dicom
 from cxrlib.synthetic.reading import display_fit, simulate_reading
 
 SCREEN_PPD = 40.0  # screen pixels per degree: a 1920-px-wide display about 65 cm from the eyes
@@ -126,12 +126,12 @@ def make_reflacx_like(out_dir, *, n_images: int = 40, seed: int = 0, n_readers: 
         h = int(r.integers(native_size[0], native_size[1] + 1))
         acq = anatomy.draw_acquisition(r, h, round(h * r.uniform(0.78, 0.95)))
         img = anatomy.render(p, acq, r)
-        dicom_id, subject, study = _hex_id(r), int(r.integers(10_000_000, 20_000_000)), int(r.integers(50_000_000, 60_000_000))
+        dicom_id, subject, study = hex_id(r), int(r.integers(10_000_000, 20_000_000)), int(r.integers(50_000_000, 60_000_000))
         rel = f"files/p{str(subject)[:2]}/p{subject}/s{study}/{dicom_id}.dcm"
         write_dicom(out / rel, img, dict(
             bits=12, rescale=(1.0, 0.0), range_frac=1.0, modality="CR", photometric="MONOCHROME2", view="PA",
-            sop_uid=_uid(seed, dicom_id, "sop"), series_uid=_uid(seed, dicom_id, "series"),
-            study_uid=_uid(seed, dicom_id, "study"), patient_number=k, patient_id=subject, study_id=study,
+            sop_uid=dicom_uid(seed, dicom_id, "sop"), series_uid=dicom_uid(seed, dicom_id, "series"),
+            study_uid=dicom_uid(seed, dicom_id, "study"), patient_number=k, patient_id=subject, study_id=study,
             sex=str(r.choice(["F", "M"])), date="21500101"))
         phase, who = plan[k]
         for reader in who:

@@ -204,12 +204,13 @@ def run_stage(config, data: DataBundle, *, model: nn.Module | None = None, progr
     entry = stage_of(config)
     if not entry.trainable:
         raise ValueError(f"run_stage trains {', '.join(TRAINABLE_STAGES)}, not {config.stage!r}")
-    seed_everything(config.seed)
     progress = progress and distributed.is_main()
     init = "model given by the caller"
     if model is None:
-        model = build_stage_model(config)
+        model = build_stage_model(config)  # seeds first: one seed_everything per stage run
         init = initialise(model, config)
+    else:
+        seed_everything(config.seed)
     model = model.to(config_device(config))
     train, val = data.train, data.val
     if (reuse := feature_reuse(config)) is not None:
