@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cxrlib.config import NOT_WEIGHT_FIELDS, STAGE_CONFIGS
+from cxrlib.config import NOT_WEIGHT_FIELDS
 from cxrlib.config.stage_table import TRAINING_STAGES
 from cxrlib.runfolder import unique_tmp
 

@@ -21,7 +21,7 @@ gives the splits, :func:`load_stage_model` a stage's best weights, :func:`predic
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
