@@ -51,14 +51,14 @@ def eval_dataset(data, config):
     return (data.val if split == "val" else data.test), EVAL_SPLITS[split]
 
 
-def saliency_table(pred_maps, target_maps, fixations, *, kld_eps: float = metrics.EPS) -> "pd.DataFrame":
+def saliency_table(pred_maps, gaze_maps, fixations, *, kld_eps: float = metrics.EPS) -> "pd.DataFrame":
     """Per-image CC, KLD, SIM, NSS, AUC-Judd (fixation maps built from the output-pixel points).
 
     ``kld_eps``: the KLD's eps (`metrics.kld`; 0 is the exact KL of the paper's code)."""
-    shape = target_maps.shape[1:]
+    shape = gaze_maps.shape[1:]
     fix = [metrics.fixation_map_from_points(p, shape) if len(p) else None for p in fixations]
     fix = [f if f is not None and f.any() else None for f in fix]
-    return metrics.batch_saliency_scores(pred_maps, target_maps, fix, kld_eps=kld_eps)
+    return metrics.batch_saliency_scores(pred_maps, gaze_maps, fix, kld_eps=kld_eps)
 
 
 def _with_ci(table, *, n_boot: int, seed: int) -> dict:
