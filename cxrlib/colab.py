@@ -30,7 +30,7 @@ from typing import Callable
 
 from cxrlib.config import PROFILES, repository_root
 from cxrlib.run import NOTEBOOK_STAGES
-from cxrlib.training.checkpoints import init_path, resolve_init  # where init_from points: training's rule
+from cxrlib.training.checkpoints import BEST, init_path, resolve_init  # where init_from points: training's rule
 from cxrlib.training.stages import TRAINABLE_STAGES  # stages that write <stage>/best.pt and last.pt
 
 # stage -> the notebook that trains or writes it. The one place start() learns notebook names
@@ -38,7 +38,7 @@ from cxrlib.training.stages import TRAINABLE_STAGES  # stages that write <stage>
 STAGE_NOTEBOOKS = {stage: notebook for notebook, stage in NOTEBOOK_STAGES.items()}
 
 DEFAULT_MOUNT_POINT = "/content/drive"
-CHECKPOINT = "best.pt"  # the name train.BEST gives the best-validation checkpoint
+CHECKPOINT = BEST  # the best-validation checkpoint of a stage folder
 
 
 def in_colab() -> bool:
