@@ -13,6 +13,8 @@ import contextlib
 import os
 import sys
 
+from cxrlib.config.stage_table import CHAIN  # torch-free
+
 
 def _synth(args) -> int:
     if args.format == "reflacx":
@@ -201,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="build the sample cache in parallel before training (resumable)")
     p.add_argument("--profile", choices=("smoke", "demo", "paper"), default="demo")
-    p.add_argument("--stages", nargs="+", choices=("stage1a", "stage1b", "stage2", "stage3"),
-                   default=["stage1a", "stage1b", "stage2", "stage3"], help="whose image sizes to cache (default: all)")
+    p.add_argument("--stages", nargs="+", choices=CHAIN, default=list(CHAIN),
+                   help="whose image sizes to cache (default: all)")
     p.add_argument("--workers", type=int, help="decoding processes (default: one per CPU core, at most 8)")
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="a config field, e.g. -p egd_root /data/egd-cxr/1.0.0 (repeatable)")
@@ -305,11 +307,11 @@ def main(argv=None) -> int:
     command = argv[0] if argv and not argv[0].startswith("-") else ""
     try:
         if argv[:1] == ["bench"]:  # its own parser (cxrlib.bench.network.build_parser): hand over every option
-            from cxrlib.bench import network as bench, stages as bench_stages
+            from cxrlib.bench import network as bench_network, stages as bench_stages
 
-            bench_args = bench.build_parser().parse_args(argv[1:])
+            bench_args = bench_network.build_parser().parse_args(argv[1:])
             check_bench_counts(bench_args)
-            return (bench_stages.run_stages if bench_args.stage else bench.run_models)(bench_args)
+            return (bench_stages.run_stages if bench_args.stage else bench_network.run_models)(bench_args)
         args = build_parser().parse_args(argv)  # a usage error exits 2 with argparse's message
         return args.func(args)
     except KeyboardInterrupt:

@@ -41,6 +41,7 @@ from typing import Callable
 from cxrlib.config import PROFILES, repository_root
 from cxrlib.run import NOTEBOOK_STAGES
 from cxrlib.training.equal_stages import stage_complete
+from cxrlib.training.checkpoints import BEST, init_path, resolve_init  # where init_from points: training's rule
 from cxrlib.training.stages import TRAINABLE_STAGES  # stages that write <stage>/best.pt and last.pt
 
 # stage -> the notebook that trains or writes it. The one place start() learns notebook names
@@ -57,7 +58,7 @@ _SHARED_WITH_UPSTREAM = ("run_dir", "egd_root", "image_root", "image_size", "syn
                          "device", "num_workers")
 
 DEFAULT_MOUNT_POINT = "/content/drive"
-CHECKPOINT = "best.pt"  # the name train.BEST gives the best-validation checkpoint
+CHECKPOINT = BEST  # the best-validation checkpoint of a stage folder
 
 
 def in_colab() -> bool:
@@ -120,14 +121,9 @@ def choose_profile(profile: str | None, *, colab: bool, gpu: bool, egd_root) -> 
 
 
 def upstream_checkpoint(config) -> Path | None:
-    """The checkpoint the stage starts from (``init_from``): a stage name in the run folder or a
-    ``.pt`` path; None when the stage starts from scratch."""
-    source = getattr(config, "init_from", None)
-    if source is None or str(source).lower() == "none":
-        return None
-    if str(source).endswith(".pt"):
-        return Path(source).expanduser()
-    return Path(config.run_dir) / str(source) / CHECKPOINT
+    """The checkpoint the stage starts from (``init_from``), by the rule training uses
+    (:func:`cxrlib.training.checkpoints.init_path`); None when the stage starts from scratch."""
+    return init_path(getattr(config, "init_from", None), config.run_dir)
 
 
 def missing_upstream_message(config, path: Path) -> str:
@@ -149,8 +145,12 @@ def check_upstream(config) -> Path | None:
     if path is None or path.is_file():
         return path
     message = missing_upstream_message(config, path)
-    if config.profile != "smoke":
-        raise FileNotFoundError(message)
+    try:  # refuse what training would refuse (checkpoints.resolve_init), with this message
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            resolve_init(config)
+    except FileNotFoundError:
+        raise FileNotFoundError(message) from None
     warnings.warn(message + " (smoke profile: continuing from random weights)", stacklevel=3)
     return path
 

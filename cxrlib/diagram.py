@@ -14,6 +14,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from cxrlib.config.stage_table import STAGE_TABLE
+
 # Colours of the trained parts (colour-blind safe, matplotlib's "tab" set), grey for the rest.
 _COLOURS = {"densenet": "#4c72b0", "res_se": "#dd8452", "decoder": "#55a868",
             "saliency_head": "#c44e52", "classifier": "#8172b3"}
@@ -95,7 +97,8 @@ def draw_network(stage: str, image_size, *, trained=None, base_width: int = 64,
             raise ValueError(f"unknown stage {stage!r}; stages: {sorted(STAGES)}")
         trained = STAGES[stage].trained_parts(make_config(stage))  # the registry, at the stage's defaults
     trained = set(trained)
-    if stage == "stage1b":  # its "classifier" is a Linear(1920 -> 3) on DenseNet, not the fusion head
+    linear_head = STAGE_TABLE.get(stage) is not None and STAGE_TABLE[stage].head == "linear"
+    if linear_head:  # its "classifier" is a Linear(1920 -> 3) on DenseNet, not the fusion head
         trained.discard("classifier")
     unknown = trained - set(_COLOURS)
     if unknown:
@@ -148,7 +151,7 @@ def draw_network(stage: str, image_size, *, trained=None, base_width: int = 64,
     ax.text(4.45, 5.85, "skip connections (dashed): Res-SE level i -> decoder level i", ha="center", fontsize=8,
             color="0.4")
     frozen = [p for p in _COLOURS if p not in trained]
-    note = " (with a temporary Linear(1920 -> 3) head)" if stage == "stage1b" else ""
+    note = " (with a temporary Linear(1920 -> 3) head)" if linear_head else ""
     ax.set_title(f"{stage} at {s['input'][1]}x{s['input'][2]}: trains "
                  f"{', '.join(_PART_LABELS[p] for p in _COLOURS if p in trained)}{note}\n"
                  f"grey, hatched: frozen or not used in this stage ({', '.join(_PART_LABELS[p] for p in frozen)})",

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cxrlib.config.choices import CONTRASTIVE_LOSSES as _LOSS_NAMES, TRIPLET_REDUCTIONS
+
 # TripletMarginLoss / F.pairwise_distance add this to the difference vector.
 _PAIRWISE_EPS = 1e-6
 
@@ -95,7 +97,6 @@ def _same_label(labels: torch.Tensor) -> torch.Tensor:
     return labels[:, None] == labels[None, :]  # (B, B) bool
 
 
-TRIPLET_REDUCTIONS = ("sum", "mean")
 
 
 def _pairwise_rows(features: torch.Tensor) -> torch.Tensor:
@@ -243,6 +244,8 @@ CONTRASTIVE_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "supcon": supcon,
     "ntxent": nt_xent,
 }
+if tuple(CONTRASTIVE_LOSSES) != _LOSS_NAMES:  # the names are declared in cxrlib.config.choices
+    raise RuntimeError(f"losses {tuple(CONTRASTIVE_LOSSES)} differ from cxrlib.config.choices {_LOSS_NAMES}")
 
 
 def contrastive_loss(name: str, *args, **kwargs) -> torch.Tensor:

@@ -307,3 +307,33 @@ def test_sync_rewrites_a_fork_url_into_install_cell_and_badge(tmp_path):
     assert colab.sync_notebooks([copy], url=fork) == []  # nothing left to change
     with pytest.raises(ValueError, match="github.com"):
         colab.sync_notebooks([copy], url="https://gitlab.com/student/my-fork")
+
+
+@pytest.mark.parametrize("profile", ["smoke", "demo", "paper"])
+@pytest.mark.parametrize("form", ["file", "folder", "stage"])
+def test_colab_and_training_read_init_from_alike(form, profile, not_colab, tmp_path):
+    """A .pth file, a stage folder and a stage name: colab.start and training's resolve_init
+    accept each, and point at the same checkpoint, in every profile."""
+    from cxrlib.config import make_config
+    from cxrlib.training.checkpoints import resolve_init
+
+    run_dir = tmp_path / "run"
+    (run_dir / "stage1b").mkdir(parents=True)
+    (run_dir / "stage1b" / "best.pt").write_bytes(b"weights")
+    (tmp_path / "model.pth").write_bytes(b"weights")
+    init_from = {"file": str(tmp_path / "model.pth"), "folder": str(run_dir / "stage1b"), "stage": "stage1b"}[form]
+    expected = tmp_path / "model.pth" if form == "file" else run_dir / "stage1b" / "best.pt"
+    assert colab.check_upstream(make_config("stage2", profile, run_dir=str(run_dir), init_from=init_from)) == expected
+    assert resolve_init(make_config("stage2", profile, run_dir=str(run_dir), init_from=init_from)) == expected
+
+
+@pytest.mark.parametrize("profile", ["smoke", "demo"])
+def test_colab_refuses_a_missing_file_init_from_like_training(profile, not_colab, tmp_path):
+    from cxrlib.config import make_config
+    from cxrlib.training.checkpoints import resolve_init
+
+    config = make_config("stage2", profile, run_dir=str(tmp_path), init_from=str(tmp_path / "gone.pth"))
+    with pytest.raises(FileNotFoundError):
+        resolve_init(config)
+    with pytest.raises(FileNotFoundError, match="gone.pth"):
+        colab.check_upstream(config)

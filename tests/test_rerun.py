@@ -142,8 +142,10 @@ def test_a_variant_run_writes_its_own_folder_and_leaves_the_main_stage_alone(ker
     main = tmp_path / "runs" / "stage1b"
     main.mkdir(parents=True)
     (main / "config.json").write_text('{"stage": "stage1b", "lr": 0.001}')
+    (tmp_path / "runs" / "stage1a").mkdir()
+    (tmp_path / "runs" / "stage1a" / "best.pt").write_bytes(b"")  # the main run's upstream (only its place counts here)
     kernel(PARAMS_CELL.replace('init_from = "none"', "init_from = None") + '\nvariant = "try-lr"\nlr = 0.5')
-    config = kernel(SETUP)["config"]  # smoke: the missing upstream only warns
+    config = kernel(SETUP)["config"]
     assert config.run_dir == str(tmp_path / "runs" / "variants" / "try-lr") and config.lr == 0.5
     assert config.init_from == str(tmp_path / "runs" / "stage1a" / "best.pt")  # the main run's upstream
     assert json.loads((config.stage_dir / "config.json").read_text())["lr"] == 0.5

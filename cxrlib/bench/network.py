@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from cxrlib.training import precision
+from cxrlib.config.stage_table import NETWORK_FIELDS  # which networks take base_width
 from cxrlib.model import MODEL_NAMES, build_model, set_activation_checkpointing
 from cxrlib.runtime import default_device
 
 __all__ = ["benchmark_models", "format_benchmark", "main"]
 
-_UNETS = ("dual", "mtunet", "resse_unet")  # the models that take base_width
 
 
 def _autocast(device: torch.device, amp) -> "precision.Autocast":
@@ -36,7 +36,7 @@ def _autocast(device: torch.device, amp) -> "precision.Autocast":
     return precision.autocast_settings(device, None, "auto" if amp in (None, True, "auto") else amp)
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
@@ -50,7 +50,7 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     # kernels run asynchronously; time only finished work
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -74,7 +74,7 @@ def _proc_status_kib(field: str) -> int:
         return next(int(l.split()[1]) for l in f if l.startswith(field + ":"))
 
 
-class _PeakMemory:
+class PeakMemory:
     """Peak memory of a block of work, in MiB.
 
     CUDA: ``torch.cuda.max_memory_allocated`` (tensors only). CPU: the increase of the process's
@@ -143,11 +143,11 @@ def _losses(out: dict, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def _throughput(step, n_images: int, steps: int, warmup: int, device: torch.device) -> float:
     for _ in range(warmup):  # cudnn autotuning, allocator growth, lazy init
         step()
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    sync_device(device)
     return n_images * steps / (time.perf_counter() - start)
 
 
@@ -160,10 +160,10 @@ def _bench_one(name, *, image_size, batch_size, device, steps, warmup, autocast,
     y = torch.randint(0, 3, (batch_size,), generator=gen).to(device)
     target = torch.rand(batch_size, 1, h, w, generator=gen)
     target = (target / target.sum(dim=(2, 3), keepdim=True)).to(device)  # sums to 1 per image
-    kwargs = {"base_width": base_width} if name in _UNETS else {}
+    kwargs = {"base_width": base_width} if "base_width" in NETWORK_FIELDS.get(name, ()) else {}
     precision.configure_backends(device)
 
-    with _PeakMemory(device) as memory:
+    with PeakMemory(device) as memory:
         model = build_model(name, **kwargs).to(device)
         if cl:
             model.to(memory_format=torch.channels_last)
@@ -193,7 +193,7 @@ def _bench_one(name, *, image_size, batch_size, device, steps, warmup, autocast,
     del model, opt
     return {
         "model": name,
-        "device": _device_name(device),
+        "device": device_name(device),
         "image_size": f"{h}x{w}",
         "batch_size": batch_size,
         "amp": autocast.name if autocast.enabled else "none",

@@ -19,15 +19,15 @@ import time
 
 import torch
 
-from cxrlib.bench.network import _device_name, _PeakMemory, _sync
+from cxrlib.bench.network import device_name, PeakMemory, sync_device
 from cxrlib.config import make_config
+from cxrlib.config.stage_table import CHAIN, STAGE_TABLE  # CHAIN: the cooperative stages
 from cxrlib.runtime import config_device
 from cxrlib.training.stages import TRAINABLE_STAGES
 
 __all__ = ["benchmark_stage", "format_stage_rows", "EGD_TRAIN_IMAGES", "EGD_VAL_IMAGES"]
 
 EGD_TRAIN_IMAGES, EGD_VAL_IMAGES = 760, 108  # 70 % / 10 % of EGD-CXR's 1,083 images
-CHAIN = ("stage1a", "stage1b", "stage2", "stage3")
 
 
 def _random_samples(config, n: int, seed: int = 0) -> list[dict]:
@@ -61,43 +61,43 @@ def benchmark_stage(stage: str, profile: str = "paper", *, steps: int = 5, warmu
     if stage not in TRAINABLE_STAGES:
         raise ValueError(f"--stage must be one of {TRAINABLE_STAGES}, got {stage!r}")
     params = {"pretrained": False, "init_from": "none", **params}
-    if stage == "stage3":
+    if STAGE_TABLE[stage].finetune:  # time the first phase (the head) only
         params.setdefault("finetune_epochs", 0)
     with tempfile.TemporaryDirectory(prefix="cxrlib-bench-") as run_dir:
         config = make_config(stage, profile, run_dir=run_dir, device=device, **params)
         device = config_device(config)
         config.device = str(device)
         batch = config.batch_size
-        with _PeakMemory(device) as memory:
+        with PeakMemory(device) as memory:
             model, trainer, reuse = _setup(config, device)
             warm, timed = (_random_samples(config, n * batch, seed=s) for s, n in ((1, warmup), (2, steps)))
             precompute_s = 0.0
             if reuse is not None:  # the trainer's one-off pass over the frozen part
-                _sync(device)
+                sync_device(device)
                 started = time.perf_counter()
                 warm, timed = (reuse(model, d, config, progress=False) if d else d for d in (warm, timed))
-                _sync(device)
+                sync_device(device)
                 precompute_s = (time.perf_counter() - started) / (len(warm) + len(timed))
             precompute_mib = memory.reset() if reuse is not None else 0.0  # the one-off pass, apart
             if warmup:
                 trainer.train_epoch(warm, 0)
-            _sync(device)
+            sync_device(device)
             started = time.perf_counter()
             trainer.train_epoch(timed, 1)
-            _sync(device)
+            sync_device(device)
             train_rate = len(timed) / (time.perf_counter() - started)
             trainer.evaluate(timed)  # warm-up: cuDNN tunes each new batch shape once
-            _sync(device)
+            sync_device(device)
             started = time.perf_counter()
             trainer.evaluate(timed)
-            _sync(device)
+            sync_device(device)
             eval_rate = len(timed) / (time.perf_counter() - started)
     epoch_s = EGD_TRAIN_IMAGES / train_rate + EGD_VAL_IMAGES / eval_rate
     options = [o for o, on in (("channels_last", trainer.channels_last), ("compile", config.compile),
                                ("checkpointing", config.activation_checkpointing),
                                ("cached features", reuse is not None)) if on]
     return {
-        "stage": stage, "profile": profile, "device": _device_name(device),
+        "stage": stage, "profile": profile, "device": device_name(device),
         "image_size": "x".join(map(str, config.image_size)), "batch_size": batch,
         "amp": trainer.autocast.name, "options": ",".join(options) or "-",
         "train_img_s": train_rate, "eval_img_s": eval_rate, "peak_mem_mib": memory.mib,

@@ -19,6 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from cxrlib.paths import repository_root  # noqa: F401 (colab and plots import it from here)
+from cxrlib.config.choices import FIELD_CHOICES
 from cxrlib.config.profiles import PROFILE_DEFAULTS, PROFILES
 # the dataclasses live one module down; importing them from here is the public way
 from cxrlib.config.stage_configs import (DEFAULT_CAMS, NOT_WEIGHT_FIELDS, STAGE_CONFIGS, ContrastiveConfig,  # noqa: F401
@@ -98,17 +99,8 @@ def _finalise(config):
     if config.egd_root is not None and config.image_root is None:
         config.image_root = config.egd_root
     check_data_roots(config)
-    choices = {"gaze_source": ("eye_gaze", "fixations"), "weighting": ("count", "duration"),
-               "resize": ("pad_resize", "stride"), "frozen_bn": ("eval", "train"),
-               "amp_dtype": ("auto", "bf16", "fp16"), "split": ("patient", "image"), "fidelity": FIDELITY}
-    choices.update(intensity=("minmax", "max"), eval_split=("test", "val"))
-    if isinstance(config, ContrastiveConfig):
-        choices["loss"] = ("triplet", "supcon", "ntxent")
-        choices.update(triplet_feature=("map", "pooled"), triplet_reduction=("sum", "mean"))
-    if isinstance(config, FusionConfig):
-        choices["mode"] = ("head", "finetune", "joint")
-    if isinstance(config, JointConfig):
-        choices["model"] = ("dual", "mtunet", "resse_unet")
+    present = {f.name for f in fields(config)}
+    choices = {name: allowed for name, allowed in FIELD_CHOICES.items() if name in present}
     if isinstance(config, ResultsConfig):
         check_results_config(config)
     for name, allowed in choices.items():

@@ -17,7 +17,9 @@ test checks that table against :data:`CODE_PRESET` field by field. Parameters se
 
 from __future__ import annotations
 
-FIDELITY = ("method", "code", "code_training")
+from cxrlib.config.choices import FIDELITY_PRESETS
+
+FIDELITY = FIDELITY_PRESETS
 
 # stage -> {field: the code's value}; "common" applies to every stage that reads the field.
 CODE_PRESET = {

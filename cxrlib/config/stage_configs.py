@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cxrlib.runfolder import atomic_write_text, stage_lock
+from cxrlib.config.stage_table import STAGE_TABLE, upstream
 from cxrlib.config.variants import VARIANTS
 
 DEFAULT_CAMS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")  # Score-CAM: on request (slow)
@@ -137,7 +138,7 @@ class EncoderConfig(StageConfig):
     """Stage 1b (notebook 03): DenseNet201 + Linear(1920 -> 3), cross-entropy."""
 
     stage: typing.ClassVar[str] = "stage1b"
-    init_from: str | None = "stage1a"
+    init_from: str | None = upstream(stage)
     linear_probe: bool = False  # True: DenseNet frozen, only the Linear layer trains
 
 
@@ -146,7 +147,7 @@ class SaliencyConfig(StageConfig):
     """Stage 2 (notebook 04): Res-SE encoder, decoder and saliency head; DenseNet frozen."""
 
     stage: typing.ClassVar[str] = "stage2"
-    init_from: str | None = "stage1b"
+    init_from: str | None = upstream(stage)
 
 
 @dataclass
@@ -157,7 +158,7 @@ class FusionConfig(StageConfig):
     ``init_from="none"``: from ImageNet, as the code ran it)."""
 
     stage: typing.ClassVar[str] = "stage3"
-    init_from: str | None = "stage2"
+    init_from: str | None = upstream(stage)
     mode: str = "head"  # head | finetune | joint
     finetune_epochs: int = 0
     learn_saliency_sigma: bool = False
@@ -169,7 +170,7 @@ class ExplainConfig(StageConfig):
 
     stage: typing.ClassVar[str] = "explain"
     inapplicable: typing.ClassVar[frozenset] = _READS_A_MODEL
-    init_from: str | None = "stage3"
+    init_from: str | None = upstream(stage)
     cam_methods: tuple = DEFAULT_CAMS
     examples_per_class: int = 2
     max_images: int | None = None
@@ -214,7 +215,7 @@ class ExternalConfig(StageConfig):
 
     stage: typing.ClassVar[str] = "external"
     inapplicable: typing.ClassVar[frozenset] = _READS_A_MODEL
-    init_from: str | None = "stage3"
+    init_from: str | None = upstream(stage)
     reflacx_root: str | None = None  # folder holding main_data/ (reflacx-xray-localization/1.0.0)
     reflacx_image_root: str | None = None  # MIMIC-CXR(-JPG) root holding files/p10/...; None: image_root
     reflacx_phases: tuple = (1, 2, 3)
@@ -235,5 +236,9 @@ class ExternalConfig(StageConfig):
             raise ValueError(f"parameter 'reflacx_phases' must be a subset of (1, 2, 3), got {self.reflacx_phases!r}")
 
 
-STAGE_CONFIGS = {c.stage: c for c in (DataConfig, ContrastiveConfig, EncoderConfig, SaliencyConfig,
-                                      FusionConfig, ExplainConfig, JointConfig, ResultsConfig, ExternalConfig)}
+# One config class per row of the stage table, in its order (a row without a class fails here).
+_CLASSES = {c.stage: c for c in (DataConfig, ContrastiveConfig, EncoderConfig, SaliencyConfig, FusionConfig,
+                                 ExplainConfig, JointConfig, ResultsConfig, ExternalConfig)}
+if set(_CLASSES) != set(STAGE_TABLE):
+    raise RuntimeError(f"stage table and config classes differ: {sorted(set(_CLASSES) ^ set(STAGE_TABLE))}")
+STAGE_CONFIGS = {name: _CLASSES[name] for name in STAGE_TABLE}

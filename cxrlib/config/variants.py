@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cxrlib.config.stage_table import CHAIN
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -20,7 +22,7 @@ class Variant:
     saliency: str  # the stage whose model gives the map; "gradcam": Grad-CAM of `classifier`
 
 
-_COOPERATIVE = (("stage1a", {}), ("stage1b", {}), ("stage2", {}), ("stage3", {}))
+_COOPERATIVE = tuple((stage, {}) for stage in CHAIN)  # stages 1a -> 1b -> 2 -> 3
 VARIANTS = {
     "full": Variant("full method", "reference: stages 1a -> 1b -> 2 -> 3", _COOPERATIVE, "stage3", "stage3"),
     "joint": Variant("joint, one stage", "the multi-stage cooperative schedule helps",

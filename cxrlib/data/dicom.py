@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from cxrlib.data.geometry import Geometry
+from cxrlib.config.choices import INTENSITY_MODES  # (declared once, with the other choices)
 
 HANDLER_HINT = (
     "install a pixel-data handler: `pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg` "
     "(JPEG, JPEG-LS lossless and JPEG 2000) or `pip install python-gdcm`"
 )
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".png")
-INTENSITY_MODES = ("minmax", "max")
 
 
 def _decoder_available(syntax) -> bool:

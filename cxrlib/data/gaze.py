@@ -43,9 +43,8 @@ import numpy as np
 
 from cxrlib.data import tables
 from cxrlib.data.geometry import Geometry
+from cxrlib.config.choices import GAZE_SOURCES, WEIGHTINGS  # noqa: F401 (declared once, with the other choices)
 
-GAZE_SOURCES = {"eye_gaze": "eye_gaze.csv", "fixations": "fixations.csv"}
-WEIGHTINGS = ("count", "duration")
 GAZE_COLUMNS = ("DICOM_ID", "X_ORIGINAL", "Y_ORIGINAL")
 DURATION_COLUMN = "FPOGD"
 PAPER_SIGMA_PX = 75.5  # paper code: OpenCV kernel 501, sigma 0 -> 0.3*((501-1)*0.5-1)+0.8

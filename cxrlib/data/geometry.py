@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from cxrlib.config.validation import check_image_size  # noqa: F401 (the datasets import it from here)
+from cxrlib.config.choices import RESIZE_MODES  # noqa: F401 (declared once, with the other choices)
 
-RESIZE_MODES = ("pad_resize", "stride")
 
 @dataclass(frozen=True)
 class Geometry:

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrlib.config.choices import SPLIT_RULES
 from cxrlib.runfolder import atomic_write_text, locked
 
 SPLITS = ("train", "val", "test")
-RULES = ("patient", "image")
+RULES = SPLIT_RULES
 
 
 def make_splits(sheet, *, fractions=(0.7, 0.1, 0.2), seed: int = 0, rule: str = "patient"):

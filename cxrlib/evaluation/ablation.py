@@ -32,7 +32,7 @@ import numpy as np
 
 from cxrlib import CLASS_NAMES, metrics
 from cxrlib.evaluation import evaluate
-from cxrlib.explain import cams as explain
+from cxrlib.explain import cams
 from cxrlib.training import stages
 from cxrlib.config import ResultsConfig, StageConfig, make_config
 from cxrlib.data import collate
@@ -139,7 +139,7 @@ def gradcam_saliency(model, dataset, config) -> np.ndarray:
     from torch.utils.data import DataLoader
 
     loader = DataLoader(dataset, batch_size=config.eval_batch_size, shuffle=False, collate_fn=collate)
-    return np.concatenate([explain.cam_maps(model, batch["image"], method="gradcam") for batch in loader])
+    return np.concatenate([cams.cam_maps(model, batch["image"], method="gradcam") for batch in loader])
 
 
 def per_image_table(pred: dict, *, kld_eps: float = metrics.EPS):

@@ -54,14 +54,14 @@ def eval_dataset(data, config):
     return (data.val if split == "val" else data.test), EVAL_SPLITS[split]
 
 
-def saliency_table(pred_maps, target_maps, fixations, *, kld_eps: float = metrics.EPS) -> "pd.DataFrame":
+def saliency_table(pred_maps, gaze_maps, fixations, *, kld_eps: float = metrics.EPS) -> "pd.DataFrame":
     """Per-image CC, KLD, SIM, NSS, AUC-Judd (fixation maps built from the output-pixel points).
 
     ``kld_eps``: the KLD's eps (`metrics.kld`; 0 is the exact KL of the paper's code)."""
-    shape = target_maps.shape[1:]
+    shape = gaze_maps.shape[1:]
     fix = [metrics.fixation_map_from_points(p, shape) if len(p) else None for p in fixations]
     fix = [f if f is not None and f.any() else None for f in fix]
-    return metrics.batch_saliency_scores(pred_maps, target_maps, fix, kld_eps=kld_eps)
+    return metrics.batch_saliency_scores(pred_maps, gaze_maps, fix, kld_eps=kld_eps)
 
 
 def _with_ci(table, *, n_boot: int, seed: int) -> dict:
@@ -97,7 +97,7 @@ def evaluate_predictions(pred: dict, *, n_boot: int = 1000, seed: int = 0, kld_e
                     ("f1_macro", lambda p, y: metrics.classification_scores(p, y)["f1_macro"])):
         _, low, high = metrics.bootstrap_ci(fn, probs, labels, n_boot=n_boot, seed=seed)
         classification[f"{key}_ci"] = [float(low), float(high)]
-    result = {"classification": _jsonable(classification), "n_test": int(len(labels)),
+    result = {"classification": jsonable(classification), "n_test": int(len(labels)),
               "eval_split": eval_split, "split": EVAL_SPLITS[eval_split]}
     target = pred["gaze_map"]
     if pred.get("saliency") is not None:
@@ -109,13 +109,13 @@ def evaluate_predictions(pred: dict, *, n_boot: int = 1000, seed: int = 0, kld_e
     return result
 
 
-def _jsonable(obj):
+def jsonable(obj):
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (np.floating, float)):
         return None if not np.isfinite(obj) else float(obj)
     if isinstance(obj, np.integer):
@@ -127,7 +127,7 @@ def write_metrics(path, result: dict, **context) -> Path:
     """``metrics.json`` with the run's context (profile, data, seed) beside the numbers."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable({**context, **result}), indent=2))
+    path.write_text(json.dumps(jsonable({**context, **result}), indent=2))
     return path
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlib import metrics
-from cxrlib.evaluation.evaluate import SALIENCY_KEYS, _jsonable, saliency_table
+from cxrlib.evaluation.evaluate import SALIENCY_KEYS, jsonable, saliency_table
 
 CEILING, MODEL, CENTRE = "inter-reader (mean of the other readings)", "model (stage 3)", "centre bias"
 ALL, SEVERAL = "all readings", "images with several readings"
@@ -203,7 +203,7 @@ def classification(pred: dict, labels, *, n_boot: int = 1000, seed: int = 0) -> 
     except (RuntimeError, ValueError):  # too few readings of some class to resample
         scores["auc_macro_ci"] = None
     scores["n_readings"] = int(keep.sum())
-    return _jsonable(scores)
+    return jsonable(scores)
 
 
 def write_results(config, summary: pd.DataFrame, tables: pd.DataFrame, counts: dict, classes: dict | None,
@@ -218,7 +218,7 @@ def write_results(config, summary: pd.DataFrame, tables: pd.DataFrame, counts: d
               "summary": summary.to_dict(orient="records"),
               "gap_to_ceiling": None if gap is None else gap.to_dict(orient="records")}
     path = folder / "metrics.json"
-    path.write_text(json.dumps(_jsonable(result), indent=2))
+    path.write_text(json.dumps(jsonable(result), indent=2))
     return path
 
 

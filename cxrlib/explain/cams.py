@@ -197,10 +197,10 @@ def scoreboard(data, methods: dict[str, Callable], *, batch_size: int = 8,
                 if maps[name].shape != (len(samples), *shape):
                     raise ValueError(f"method {name!r} returned {maps[name].shape}, "
                                      f"expected {(len(samples), *shape)}")
-            gts = np.stack([_numpy(s["gaze_map"]).reshape(shape) for s in samples])
+            gaze_maps = np.stack([_numpy(s["gaze_map"]).reshape(shape) for s in samples])
             for name, m in maps.items():
                 # the same per-image scoring as the test-split evaluation (cxrlib.evaluation.evaluate)
-                table = saliency_table(m, gts, [s["fixations"] for s in samples])
+                table = saliency_table(m, gaze_maps, [s["fixations"] for s in samples])
                 for k, s in enumerate(samples):
                     rows.append({"image": start + k, "dicom_id": s["dicom_id"], "label": int(s["label"]),
                                  "method": name, **{key: table[key].iloc[k] if key in table else np.nan
@@ -272,12 +272,12 @@ def scoreboard_figure(df: pd.DataFrame):
     return fig
 
 
-def draw_comparison(sample_image, gt, maps: dict[str, np.ndarray], *, method: str,
+def draw_comparison(sample_image, gaze_map, maps: dict[str, np.ndarray], *, method: str,
                     alpha: float = 0.45, scores: dict | None = None):
     """Image | gaze map | predicted saliency | ``maps[method]``, side by side, for one image.
 
     ``maps``: name -> (H, W) map (``predicted`` and ``method`` must be there). Titles give CC,
-    KLD and SIM against ``gt``; pass ``scores`` (name -> dict of metrics, e.g. scoreboard rows)
+    KLD and SIM against ``gaze_map``; pass ``scores`` (name -> dict of metrics, e.g. scoreboard rows)
     to reuse computed ones. Used by the notebook's interactive viewer.
     """
     import matplotlib.pyplot as plt
@@ -285,15 +285,15 @@ def draw_comparison(sample_image, gt, maps: dict[str, np.ndarray], *, method: st
     from cxrlib.plots import overlay
 
     image = _numpy(sample_image).squeeze()
-    gt = _numpy(gt).reshape(image.shape)
+    gaze_map = _numpy(gaze_map).reshape(image.shape)
     shown = list(dict.fromkeys(["predicted", method]))
     fig, axes = plt.subplots(1, 2 + len(shown), figsize=(2.6 * (2 + len(shown)), 3.0))
     overlay(axes[0], image, title="image")
-    overlay(axes[1], image, gt, alpha=alpha, title="gaze (ground truth)")
+    overlay(axes[1], image, gaze_map, alpha=alpha, title="gaze (ground truth)")
     for ax, name in zip(axes[2:], shown):
         heat = _numpy(maps[name]).reshape(image.shape)
-        s = (scores or {}).get(name) or {"cc": M.cc(heat, gt), "kld": M.kld(heat, gt),
-                                         "sim": M.sim(heat, gt)}
+        s = (scores or {}).get(name) or {"cc": M.cc(heat, gaze_map), "kld": M.kld(heat, gaze_map),
+                                         "sim": M.sim(heat, gaze_map)}
         overlay(ax, image, heat, alpha=alpha,
                 title=f"{name}\nCC {s['cc']:.2f}  KLD {s['kld']:.2f}  SIM {s['sim']:.2f}")
     fig.tight_layout()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from cxrlib import CLASS_NAMES
-from cxrlib.explain import cams as explain
+from cxrlib.explain import cams
 from cxrlib.config import DEFAULT_CAMS
 from cxrlib import metrics as M
 
@@ -29,23 +29,23 @@ def comparison_maps(sample, final_model, *, encoder_model=None, baseline_model=N
     ``final_<cam>`` on the final model, ``centre_bias`` or ``mtunet``), for ``target_class``
     (None: the predicted class)."""
     images = _image_batch(sample, final_model)
-    maps = {"predicted": explain.predicted_saliency(final_model, images)[0]}
+    maps = {"predicted": cams.predicted_saliency(final_model, images)[0]}
     shape = tuple(images.shape[-2:])
     if method == "centre_bias":
         maps[method] = M.centre_bias_map(shape)
     elif method == "mtunet":
         if baseline_model is None:
             raise ValueError("method 'mtunet' needs the MT-UNet checkpoint (notebook 07 trains it)")
-        maps[method] = explain.predicted_saliency(baseline_model, images)[0]
+        maps[method] = cams.predicted_saliency(baseline_model, images)[0]
     else:
         final = method.startswith("final_")
         cam = method[len("final_"):] if final else method
-        if cam not in explain.CAM_METHODS:
-            raise ValueError(f"unknown method {method!r}; CAMs: {list(explain.CAM_METHODS)}")
+        if cam not in cams.CAM_METHODS:
+            raise ValueError(f"unknown method {method!r}; CAMs: {list(cams.CAM_METHODS)}")
         model = final_model if final else encoder_model
         if model is None:
             raise ValueError(f"method {method!r} needs the stage-1b classifier (encoder_model)")
-        maps[method] = explain.cam_maps(model, images, method=cam, target_classes=target_class)[0]
+        maps[method] = cams.cam_maps(model, images, method=cam, target_classes=target_class)[0]
     return maps
 
 
@@ -55,7 +55,7 @@ def show_comparison(data, index: int, final_model, *, method="gradcam", target_c
     sample = data[index]
     maps = comparison_maps(sample, final_model, encoder_model=encoder_model, baseline_model=baseline_model,
                            method=method, target_class=target_class)
-    fig = explain.draw_comparison(sample["image"], sample["gaze_map"], maps, method=method, alpha=alpha)
+    fig = cams.draw_comparison(sample["image"], sample["gaze_map"], maps, method=method, alpha=alpha)
     target = "predicted class" if target_class is None else CLASS_NAMES[target_class]
     fig.suptitle(f"#{index} {CLASS_NAMES[sample['label']]} ({sample['dicom_id'][:8]}); CAM target: {target}",
                  fontsize=9)

@@ -15,6 +15,7 @@ from torch import nn
 
 from cxrlib.model.blocks import (Block, DoubleConv, FusionClassifier, ResSEBlock, SaliencyHead, UNetDecoder,
                                  UNetEncoder)
+from cxrlib.config.choices import MODEL_NAMES
 from cxrlib.model.densenet import DenseNetEncoder
 
 
@@ -159,7 +160,8 @@ class DenseNetClassifier(_Net):
 
 _REGISTRY = {"dual": DualEncoderMTUNet, "mtunet": MTUNet, "resse_unet": ResSEUNet,
              "densenet": DenseNetClassifier}
-MODEL_NAMES = tuple(_REGISTRY)
+if tuple(_REGISTRY) != MODEL_NAMES:  # the names are declared in cxrlib.config.choices
+    raise RuntimeError(f"networks {tuple(_REGISTRY)} differ from cxrlib.config.choices {MODEL_NAMES}")
 
 
 def build_model(name: str, **kwargs) -> nn.Module:

@@ -111,11 +111,11 @@ def write_dicom(path: pathlib.Path, img: np.ndarray, info: dict) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
-def _hex_id(rng: np.random.Generator) -> str:
+def hex_id(rng: np.random.Generator) -> str:
     return "-".join(f"{v:08x}" for v in rng.integers(0, 2**32, size=5, dtype=np.uint64))
 
 
-def _uid(seed: int, dicom_id: str, kind: str) -> str:
+def dicom_uid(seed: int, dicom_id: str, kind: str) -> str:
     """A valid UID that depends only on the seed and the image, so reruns are identical."""
     return generate_uid(entropy_srcs=["cxrlib-synthetic", str(seed), dicom_id, kind])
 
@@ -163,7 +163,7 @@ def make_egd_like(out_dir, *, n_images: int = 300, seed: int = 0, native_size=(3
                      monochrome1_frac=monochrome1_frac, reading_seconds=reading_seconds, gaze_hz=gaze_hz,
                      offscreen_frac=offscreen_frac)
     ours = replaceable_files(out, overwrite)
-    final, out = out, _temporary_folder(out)
+    final, out = out, temporary_folder(out)
     with disk_full_reported(final, _bytes_needed(n_images, native_size, native_shape, reading_seconds, gaze_hz)):
         _write_set(out, final, ours, n_images=n_images, seed=seed, native_size=native_size,
                    native_shape=native_shape, transfer_syntax=transfer_syntax,
@@ -184,7 +184,7 @@ def _write_set(out, final, ours, *, n_images, seed, native_size, native_shape, t
     study_ids = rng.choice(10_000_000, n_images, replace=False) + 50_000_000
     dicom_ids = []
     while len(dicom_ids) < n_images:
-        d = _hex_id(rng)
+        d = hex_id(rng)
         dicom_ids += [] if d in dicom_ids else [d]
     mono1 = rng.permutation(n_images) < round(monochrome1_frac * n_images)
     rescale = rng.permutation(np.arange(n_images) % 4) % 3  # a quarter of each non-trivial kind
@@ -214,8 +214,8 @@ def _write_set(out, final, ours, *, n_images, seed, native_size, native_shape, t
             bits=int(r.choice([12, 14, 16])), rescale=RESCALE[rescale[k]],
             range_frac=r.uniform(0.7, 1.0), modality=str(r.choice(["CR", "DX"])),
             photometric="MONOCHROME1" if mono1[k] else "MONOCHROME2", transfer_syntax=transfer_syntax,
-            view=view, sop_uid=_uid(seed, dicom_id, "sop"),
-            series_uid=_uid(seed, dicom_id, "series"), study_uid=_uid(seed, dicom_id, "study"),
+            view=view, sop_uid=dicom_uid(seed, dicom_id, "sop"),
+            series_uid=dicom_uid(seed, dicom_id, "series"), study_uid=dicom_uid(seed, dicom_id, "study"),
             patient_number=pid, patient_id=pat_id, study_id=study_id, sex=str(sex[pid]),
             date=f"21{r.integers(10, 90)}{r.integers(1, 13):02d}{r.integers(1, 29):02d}"))
         gaze.append(_gaze_frame(dicom_id, samples, fix_id + samples["i"] + 1, fit))
@@ -238,10 +238,10 @@ def _write_set(out, final, ours, *, n_images, seed, native_size, native_shape, t
     pd.concat(gaze, ignore_index=True).to_csv(out / "eye_gaze.csv", index=False)
     pd.concat(fixations, ignore_index=True).to_csv(out / "fixations.csv", index=False)
     write_manifest(out, "cxrlib.synthetic.egd")
-    _move_into_place(out, final, ours)
+    move_into_place(out, final, ours)
 
 
-def _temporary_folder(final: pathlib.Path) -> pathlib.Path:
+def temporary_folder(final: pathlib.Path) -> pathlib.Path:
     """A new folder beside ``final`` to write into; folders that killed writers left are removed."""
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".{final.name}.*.tmp"):
@@ -253,7 +253,7 @@ def _temporary_folder(final: pathlib.Path) -> pathlib.Path:
     return tmp
 
 
-def _move_into_place(tmp: pathlib.Path, final: pathlib.Path, ours: frozenset = frozenset()) -> None:
+def move_into_place(tmp: pathlib.Path, final: pathlib.Path, ours: frozenset = frozenset()) -> None:
     """Rename the finished set onto ``final``. Every file of the old folder that the writer did
     not make (not in ``ours``, the old manifest's list) first moves into the new set at the same
     place; the old folder, which then holds only the writer's own files, is renamed aside and

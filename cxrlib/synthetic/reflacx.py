@@ -44,8 +44,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cxrlib.synthetic import anatomy
-from cxrlib.synthetic.egd import (_hex_id, _move_into_place, _temporary_folder, _uid, disk_full_reported,
-                                  replaceable_files, write_dicom, write_manifest)
+from cxrlib.synthetic.egd import (dicom_uid, disk_full_reported, hex_id, move_into_place, replaceable_files,
+                                  temporary_folder, write_dicom, write_manifest)
 from cxrlib.synthetic.reading import SCREEN, display_fit, simulate_reading
 
 SCREEN_PPD = 40.0  # screen pixels per degree: a 1920-px-wide display about 65 cm from the eyes
@@ -166,12 +166,12 @@ def make_reflacx_like(out_dir, *, n_images: int = 40, seed: int = 0, n_readers: 
         raise ValueError(f"need at least 4 images and 2 readers, got {n_images} and {n_readers}")
     difficulty = anatomy.check_difficulty(difficulty)
     ours = replaceable_files(out, overwrite)  # as make_egd_like: only a set it wrote is replaced
-    final, out = out, _temporary_folder(out)
+    final, out = out, temporary_folder(out)
     with disk_full_reported(final, n_images * int(2 * 0.865 * np.mean(native_size) ** 2 + 64_000)):
         _write_set(out, n_images=n_images, seed=seed, n_readers=n_readers, native_size=native_size,
                    discard_frac=discard_frac, progress=progress, difficulty=difficulty)
         write_manifest(out, "cxrlib.synthetic.reflacx")
-        _move_into_place(out, final, ours)
+        move_into_place(out, final, ours)
     return final
 
 
@@ -190,12 +190,12 @@ def _write_set(out, *, n_images, seed, n_readers, native_size, discard_frac, pro
         h = int(r.integers(native_size[0], native_size[1] + 1))
         acq = anatomy.draw_acquisition(r, h, round(h * r.uniform(0.78, 0.95)))
         img = anatomy.render(p, acq, r)
-        dicom_id, subject, study = _hex_id(r), int(r.integers(10_000_000, 20_000_000)), int(r.integers(50_000_000, 60_000_000))
+        dicom_id, subject, study = hex_id(r), int(r.integers(10_000_000, 20_000_000)), int(r.integers(50_000_000, 60_000_000))
         rel = f"files/p{str(subject)[:2]}/p{subject}/s{study}/{dicom_id}.dcm"
         write_dicom(out / rel, img, dict(
             bits=12, rescale=(1.0, 0.0), range_frac=1.0, modality="CR", photometric="MONOCHROME2", view="PA",
-            sop_uid=_uid(seed, dicom_id, "sop"), series_uid=_uid(seed, dicom_id, "series"),
-            study_uid=_uid(seed, dicom_id, "study"), patient_number=k, patient_id=subject, study_id=study,
+            sop_uid=dicom_uid(seed, dicom_id, "sop"), series_uid=dicom_uid(seed, dicom_id, "series"),
+            study_uid=dicom_uid(seed, dicom_id, "study"), patient_number=k, patient_id=subject, study_id=study,
             sex=str(r.choice(["F", "M"])), date="21500101"))
         phase, trial, who = plan[k]
         for reader in who:

@@ -23,14 +23,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cxrlib.config import NOT_WEIGHT_FIELDS, STAGE_CONFIGS
+from cxrlib.config import NOT_WEIGHT_FIELDS
+from cxrlib.config.stage_table import TRAINING_STAGES
 from cxrlib.diskspace import disk_full_error
 from cxrlib.runfolder import unique_tmp
 
 BEST, LAST = "best.pt", "last.pt"
 INTEGRITY = "integrity"
 # Stages that train and write best.pt / last.pt (init_from may name them).
-CHECKPOINT_STAGES = tuple(s for s in ("stage1a", "stage1b", "stage2", "stage3", "joint") if s in STAGE_CONFIGS)
+CHECKPOINT_STAGES = TRAINING_STAGES  # the stages that write <stage>/best.pt (the stage table)
 
 
 class CheckpointError(RuntimeError):

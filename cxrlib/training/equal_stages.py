@@ -18,7 +18,9 @@ from pathlib import Path
 from cxrlib.training.checkpoints import init_path
 from cxrlib.config import NOT_WEIGHT_FIELDS as _NOT_WEIGHTS  # equal stages may differ in these
 from cxrlib.training.checkpoints import BEST
+from cxrlib.config.stage_table import has_finetune
 from cxrlib.training.history import ended
+from cxrlib.training.stage_folder import in_progress
 
 
 def _upstream(config_dict: dict) -> Path | None:
@@ -71,14 +73,17 @@ def _history(folder: Path) -> list:
 
 
 def stage_complete(folder: Path) -> bool:
-    """``best.pt`` exists and the trainer recorded the end of the stage (all epochs or an early
-    stop) in its history; stage 3 with ``mode="finetune"``: of its fine-tuning too."""
+    """``best.pt`` exists, no run is in progress there (the trainer's marker, removed last) and
+    the trainer recorded the end of the stage (all epochs or an early stop) in its history;
+    stage 3 with ``mode="finetune"``: of its fine-tuning too."""
     folder = Path(folder)
     if not ((folder / BEST).is_file() and (folder / "config.json").is_file()):
         return False
+    if in_progress(folder) or in_progress(folder / "finetune"):  # a run started there has not finished
+        return False
     cfg = json.loads((folder / "config.json").read_text())
     done = ended(_history(folder))
-    if cfg.get("mode") == "finetune" and cfg.get("finetune_epochs", 0) > 0:
+    if has_finetune(cfg):
         done = done and ended(_history(folder / "finetune"))
     return done
 

@@ -18,7 +18,8 @@ from typing import Callable
 
 import torch
 
-AMP_DTYPES = ("auto", "bf16", "fp16")
+from cxrlib.config.choices import AMP_DTYPES  # (declared once, with the other choices)
+
 
 
 def bf16_native(device: torch.device | str | None = None) -> bool:

@@ -21,7 +21,7 @@ gives the splits, :func:`load_stage_model` a stage's best weights, :func:`predic
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -31,8 +31,8 @@ from torch import nn
 
 from cxrlib.training import distributed
 from cxrlib.training.checkpoints import BEST, init_path, load_init, load_weights, resolve_init, warn_missing_init
-from cxrlib.config import (ContrastiveConfig, DataConfig, EncoderConfig, ExplainConfig, ExternalConfig, FusionConfig,
-                           JointConfig, ResultsConfig, SaliencyConfig, load_config, make_config)
+from cxrlib.config import STAGE_CONFIGS, load_config, make_config
+from cxrlib.config.stage_table import NETWORK_FIELDS, STAGE_TABLE, TRAINING_STAGES, StageFacts, has_finetune
 from cxrlib.data import collate
 # the notebooks call stages.prepare_data: the data side of a stage, one package down
 from cxrlib.training.bundle import DataBundle, dataset_kwargs, ensure_data, prepare_data  # noqa: F401
@@ -51,40 +51,55 @@ def checkpoint_path(config, stage: str | None = None) -> Path:
 # -- the registry --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Stage:
-    """One stage: everything that says what it trains and where its weights come from.
+    """One stage: its row of the stage table (:mod:`cxrlib.config.stage_table`: kind, notebook,
+    upstream stage, network, phases, chain position) plus the torch side written here.
 
-    ``model``: a name of ``cxrlib.model.MODEL_NAMES``, or ``config -> name``. ``trains``: the
-    model parts that train, ``config -> parts``, or None for every part. ``init_parts``: the
-    parts taken from the upstream checkpoint (None: all); the upstream stage itself is the
-    config class's ``init_from`` default. ``step``: ``config -> step function``; ``extra``:
-    ``(config, model) -> {name: module}`` trained beside the model. ``reuse``: frozen-feature
-    reuse, ``(model, data, config) -> data``. ``finetune``: ``mode="finetune"`` continues with
-    the joint stage's set-up. Entries without a model are notebooks that train nothing.
+    ``trains``: the model parts that train, ``config -> parts``, or None for every part.
+    ``init_parts``: the parts taken from the upstream checkpoint (None: all). ``step``:
+    ``config -> step function``; ``extra``: ``(config, model) -> {name: module}`` trained beside
+    the model. ``reuse``: frozen-feature reuse, ``(model, data, config) -> data``. Entries of
+    notebooks (``kind`` notebook) train nothing and carry only their name.
     """
 
     name: str
-    config: type
-    notebook: str | None = None
-    model: str | Callable | None = None
     trains: tuple | Callable | None = ()
     init_parts: tuple | None = None
     step: Callable | None = None
     extra: Callable | None = None
     reuse: Callable | None = None
     unused_parameters: bool = False  # DDP: a trained parameter may not reach the loss
-    finetune: bool = False
+
+    @property
+    def facts(self) -> StageFacts:
+        return STAGE_TABLE[self.name]
+
+    @property
+    def config(self) -> type:
+        return STAGE_CONFIGS[self.name]
+
+    @property
+    def notebook(self) -> str | None:
+        return self.facts.notebook
+
+    @property
+    def kind(self) -> str:
+        return self.facts.kind
+
+    @property
+    def finetune(self) -> bool:
+        return self.facts.finetune
 
     @property
     def trainable(self) -> bool:
-        return self.step is not None
+        return self.facts.trains
 
     @property
     def upstream(self) -> str | None:
         """The stage whose best checkpoint initialises this one by default."""
-        return {f.name: f.default for f in fields(self.config)}["init_from"]
+        return self.facts.upstream
 
     def model_name(self, config) -> str:
-        return self.model(config) if callable(self.model) else self.model
+        return self.facts.network or config.model  # a joint stage: the network its config names
 
     def trained_parts(self, config, model: nn.Module | None = None) -> tuple:
         parts = self.trains(config) if callable(self.trains) else self.trains
@@ -96,42 +111,33 @@ class Stage:
 
 
 _DUAL_TRUNK = ("res_se", "decoder", "saliency_head")
-STAGES = {s.name: s for s in (
-    Stage("data", DataConfig, "01_data_exploration.ipynb"),
+_ENTRIES = (
     # Stage 1a's embedding is taken before DenseNet's norm5, which therefore gets no gradient.
-    Stage("stage1a", ContrastiveConfig, "02_contrastive_pretraining.ipynb", model="densenet",
-          trains=("densenet",), step=contrastive_step, extra=contrastive_extra, unused_parameters=True),
-    # linear_probe: the DenseNet stays frozen (in eval mode, by frozen_bn), only the Linear layer trains
-    Stage("stage1b", EncoderConfig, "03_stage1_encoder.ipynb", model="densenet",
-          trains=lambda config: ("classifier",) if config.linear_probe else ("densenet", "classifier"),
+    Stage("stage1a", trains=("densenet",), step=contrastive_step, extra=contrastive_extra, unused_parameters=True),
+    # linear_probe: the DenseNet stays frozen (in eval mode, by frozen_bn), only the Linear head trains
+    Stage("stage1b", trains=lambda config: ("classifier",) if config.linear_probe else ("densenet", "classifier"),
           init_parts=("densenet",), step=lambda config: ce_step),
-    Stage("stage2", SaliencyConfig, "04_stage2_saliency.ipynb", model="dual", trains=_DUAL_TRUNK,
-          init_parts=("densenet",), step=lambda config: saliency_step, reuse=with_frozen_densenet),
+    Stage("stage2", trains=_DUAL_TRUNK, init_parts=("densenet",), step=lambda config: saliency_step,
+          reuse=with_frozen_densenet),
     # mode="joint": every part at once with the joint loss (the code's Module/RUN.py), no feature reuse
-    Stage("stage3", FusionConfig, "05_stage3_fusion.ipynb", model="dual",
-          trains=lambda config: None if config.mode == "joint" else ("classifier",),
+    Stage("stage3", trains=lambda config: None if config.mode == "joint" else ("classifier",),
           step=lambda config: joint_step if config.mode == "joint" else fusion_step,
           extra=lambda config, model: joint_extra(config, model) if config.mode == "joint" else {},
-          reuse=with_fused_features, finetune=True),
-    Stage("explain", ExplainConfig, "06_saliency_gradcam_comparison.ipynb"),
-    Stage("results", ResultsConfig, "07_results_and_ablations.ipynb"),
-    Stage("external", ExternalConfig, "08_external_validation_reflacx.ipynb"),
-    # Not a notebook: the one-stage baselines of notebook 07 (cxrlib train --stage joint).
-    Stage("joint", JointConfig, model=lambda config: config.model, trains=None,
-          step=lambda config: joint_step, extra=joint_extra),
-)}
-TRAINABLE_STAGES = tuple(name for name, s in STAGES.items() if s.trainable)
+          reuse=with_fused_features),
+    Stage("joint", trains=None, step=lambda config: joint_step, extra=joint_extra),
+)
+# Every row of the stage table has an entry (a notebook's: its name only), in the table's order.
+STAGES = {name: next((e for e in _ENTRIES if e.name == name), Stage(name)) for name in STAGE_TABLE}
+if {e.name for e in _ENTRIES} != set(TRAINING_STAGES) or any(STAGES[n].step is None for n in TRAINING_STAGES):
+    raise RuntimeError("each training stage of the stage table needs one registry entry with a step function")
+TRAINABLE_STAGES = TRAINING_STAGES
 NOTEBOOK_STAGES = {s.notebook: name for name, s in STAGES.items() if s.notebook}
-
-# The keyword arguments each network takes from a config.
-_MODEL_KWARGS = {"densenet": ("pretrained", "densenet_arch"), "dual": ("pretrained", "densenet_arch", "base_width"),
-                 "mtunet": ("base_width",), "resse_unet": ("base_width",)}
 
 
 def build_named(name: str, config, *, pretrained=False) -> nn.Module:
     """The network ``name`` at the config's sizes (``config``: a stage config or its dict)."""
     get = config.get if isinstance(config, dict) else lambda key: getattr(config, key)
-    kwargs = {k: pretrained if k == "pretrained" else get(k) for k in _MODEL_KWARGS[name]}
+    kwargs = {k: pretrained if k == "pretrained" else get(k) for k in NETWORK_FIELDS[name]}
     return build_model(name, **kwargs)
 
 
@@ -204,12 +210,13 @@ def run_stage(config, data: DataBundle, *, model: nn.Module | None = None, progr
     entry = stage_of(config)
     if not entry.trainable:
         raise ValueError(f"run_stage trains {', '.join(TRAINABLE_STAGES)}, not {config.stage!r}")
-    seed_everything(config.seed)
     progress = progress and distributed.is_main()
     init = "model given by the caller"
     if model is None:
-        model = build_stage_model(config)
+        model = build_stage_model(config)  # seeds first: one seed_everything per stage run
         init = initialise(model, config)
+    else:
+        seed_everything(config.seed)
     model = model.to(config_device(config))
     train, val = data.train, data.val
     if (reuse := feature_reuse(config)) is not None:
@@ -217,7 +224,7 @@ def run_stage(config, data: DataBundle, *, model: nn.Module | None = None, progr
         train, val = (reuse(model, d, config, progress=progress) for d in (train, val))
     trainer = stage_trainer(config, model, entry=entry, progress=progress)
     history = trainer.fit(train, val, stop_after=stop_after)
-    if entry.finetune and config.mode == "finetune" and config.finetune_epochs > 0:
+    if has_finetune(config):
         history = _finetune(config, data, model, history, progress)
     return StageResult(model, history, init, trainer)
 

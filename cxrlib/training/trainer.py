@@ -11,14 +11,14 @@ config's hyper-parameters. :class:`Trainer` does the rest:
   (``reload_best_on_drop``, ``plateau_eps``, ``lr_floor``, ``val_shuffle``, ``eval_fp32``);
 * mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler), full
   precision elsewhere;
-* a checkpoint after every epoch with model, optimiser, scheduler, scaler, epoch, RNG states,
-  config and history, written atomically with a checksum and verified when read
-  (:mod:`cxrlib.training.checkpoints`), so ``resume=True`` continues an interrupted stage to the same
+* a checkpoint state after every epoch with model, optimiser, scheduler, scaler, epoch, RNG
+  states, config and history, so ``resume=True`` continues an interrupted stage to the same
   weights, and refuses to when a setting that changes the weights differs;
-* one writer per stage folder (:mod:`cxrlib.runfolder`): a second process training the same
-  stage is refused, and temporary files an interrupted run left behind are removed;
-* deterministic algorithms where ``config.deterministic`` asks for them (default: on CPU);
-* a per-epoch history (``history.csv`` / ``history.json``) in the stage's run folder;
+* deterministic algorithms where ``config.deterministic`` asks for them (default: on CPU).
+
+Where the states, ``config.json`` and the per-epoch history go is the run-folder writer it is
+given (:mod:`cxrlib.training.stage_folder`: the stage's folder by default, with its lock, orphan
+clean-up and in-progress marker; in memory for tests): the loop itself writes no file.
 * under torchrun (:mod:`cxrlib.training.distributed`): DistributedDataParallel over the whole step, a
   DistributedSampler reshuffled each epoch, validation sharded and merged so every rank sees the
   same metrics, optional SyncBatchNorm, and only rank 0 writing files. Checkpoints hold the
@@ -27,8 +27,6 @@ config's hyper-parameters. :class:`Trainer` does the rest:
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import time
 import warnings
@@ -40,17 +38,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from cxrlib import runfolder
-from cxrlib.training import tensorboard
-from cxrlib.training import distributed, precision
+from cxrlib.training import distributed, precision, tensorboard
 from cxrlib.training.batches import EpochShuffle, loader_workers, progress_bar, to_device
-from cxrlib.training.checkpoints import BEST, LAST, atomic_save, check_resumable, load_checkpoint, load_weights
+from cxrlib.training.checkpoints import LAST, check_resumable, load_weights
+from cxrlib.training.stage_folder import StageFolder
 from cxrlib.training.history import early_stop, epoch_line
 from cxrlib.model import set_activation_checkpointing, set_modes, set_trainable
 from cxrlib.runtime import config_device, rng_state, seed_everything, set_deterministic, set_rng_state
 
 
-_BEST_OPTIMIZER = "best_optimizer.pt"  # reload_best_on_drop only
 
 
 class _Step(nn.Module):
@@ -71,12 +67,13 @@ class Trainer:
 
     ``find_unused_parameters``: passed to DistributedDataParallel (only under torchrun); needed
     when a trained parameter does not reach the loss (stage 1a: the contrastive embedding is
-    taken before DenseNet's ``norm5``).
+    taken before DenseNet's ``norm5``). ``folder``: the run-folder writer (default: a
+    :class:`~cxrlib.training.stage_folder.StageFolder` of ``stage_dir``, else ``config.stage_dir``).
     """
 
     def __init__(self, model: nn.Module, config, *, train_parts, loss_fn: Callable, collate_fn=None,
                  extra_modules: dict | None = None,
-                 stage_dir=None, progress: bool = True, find_unused_parameters: bool = False):
+                 stage_dir=None, progress: bool = True, find_unused_parameters: bool = False, folder=None):
         self.config = config
         self.device = config_device(config)
         self.model = model.to(self.device)
@@ -84,6 +81,7 @@ class Trainer:
         self.loss_fn, self.collate_fn = loss_fn, collate_fn
         self.extra = nn.ModuleDict(extra_modules or {}).to(self.device)
         self.stage_dir = Path(stage_dir) if stage_dir is not None else config.stage_dir
+        self.folder = folder if folder is not None else StageFolder(self.stage_dir, writes=distributed.is_main())
         self.progress = progress and distributed.is_main()
         params = set_trainable(self.model, self.train_parts) + list(self.extra.parameters())
         if not params:
@@ -169,15 +167,14 @@ class Trainer:
         }
 
     def _resume(self) -> bool:
-        path = self.stage_dir / LAST
-        if not path.is_file():
+        state = self.folder.load_last(self.device)
+        if state is None:
             return False
-        state = load_checkpoint(path, map_location=self.device)
+        path = self.folder.describe(LAST)
         try:
             check_resumable(state.get("config") or {}, self.config, path)
         except ValueError:
-            if distributed.is_main() and state.get("config"):  # a notebook may have saved the new config already
-                runfolder.atomic_write_text(self.stage_dir / "config.json", json.dumps(state["config"], indent=2))
+            self.folder.restore_config(state.get("config"))  # a notebook may have saved the new config already
             raise
         load_weights(self.model, state, path)
         load_weights(self.extra, state, path, key="extra")
@@ -261,7 +258,7 @@ class Trainer:
     def _keep_best_optimizer(self, main: bool) -> None:
         """``reload_best_on_drop``: the optimiser state of the best epoch, beside ``best.pt``."""
         if self.config.reload_best_on_drop and main:
-            atomic_save({"optimizer": self.optimizer.state_dict()}, self.stage_dir / _BEST_OPTIMIZER)
+            self.folder.save_best_optimizer({"optimizer": self.optimizer.state_dict()})
 
     def _reload_best_on_drop(self, lr_before: float, epoch: int, main: bool) -> None:
         """``reload_best_on_drop``: at a learning-rate drop, continue from the best epoch's weights
@@ -271,11 +268,9 @@ class Trainer:
         if not self.config.reload_best_on_drop or self.optimizer.param_groups[0]["lr"] >= lr_before:
             return
         distributed.barrier()  # best.pt complete before any rank reads it
-        if (self.stage_dir / BEST).is_file():
-            self.load_best()
-            if (self.stage_dir / _BEST_OPTIMIZER).is_file():
+        if self.load_best():
+            if (state := self.folder.load_best_optimizer(self.device)) is not None:
                 lrs = [group["lr"] for group in self.optimizer.param_groups]
-                state = load_checkpoint(self.stage_dir / _BEST_OPTIMIZER, map_location=self.device)
                 self.optimizer.load_state_dict(state["optimizer"])
                 for group, lr in zip(self.optimizer.param_groups, lrs):
                     group["lr"] = lr
@@ -346,22 +341,16 @@ class Trainer:
                     f"{self.config.stage}: the {name} split is empty; every split needs images (see splits.csv "
                     f"in {self.config.run_dir}): use a larger data set (synthetic_images, egd_root)")
         set_deterministic(self.config.deterministic, self.device)
-        main = distributed.is_main()  # the only rank that writes; the others wait at barriers
-        with runfolder.stage_lock(self.stage_dir) if main else contextlib.nullcontext():
+        main = distributed.is_main()  # the only rank that prints; the others wait at barriers
+        with self.folder.session(self.config.stage):  # rank 0 holds the folder; the others write nothing
             return self._fit(train_data, val_data, stop_after, main)
 
     def _fit(self, train_data: Dataset, val_data: Dataset, stop_after: int | None, main: bool):
         import pandas as pd
 
-        if main:
-            removed, size = runfolder.remove_orphan_tmp(self.stage_dir)
-            if removed:
-                print(f"{self.config.stage}: removed {removed} temporary file(s) ({size / 1e6:.1f} MB) that an "
-                      f"interrupted run left in {self.stage_dir}")
         if self.config.resume and self._resume() and main:
-            print(f"{self.config.stage}: resumed after epoch {self.start_epoch} from {self.stage_dir / LAST}")
-        if main:  # after the resume check: config.json always describes the weights beside it
-            self.config.save(self.stage_dir / "config.json")
+            print(f"{self.config.stage}: resumed after epoch {self.start_epoch} from {self.folder.describe(LAST)}")
+        self.folder.save_config(self.config)  # after the resume check: config.json describes the weights beside it
         for row in self.history:  # a stage trained further after it ended is no longer ended
             row.pop("end", None)
         for done, epoch in enumerate(range(self.start_epoch, self.config.epochs)):
@@ -386,14 +375,14 @@ class Trainer:
             if improved:
                 self.best_val = val["val_loss"]
             if improved and main:
-                atomic_save({"model": self.model.state_dict(), "extra": self.extra.state_dict(),
-                             "config": self.config.to_dict(), "epoch": epoch, "metrics": row}, self.stage_dir / BEST)
+                self.folder.save_best({"model": self.model.state_dict(), "extra": self.extra.state_dict(),
+                                       "config": self.config.to_dict(), "epoch": epoch, "metrics": row})
             if improved:
                 self._keep_best_optimizer(main)
             self._reload_best_on_drop(lr_before, epoch, main)  # before last.pt: a resume continues from it
             if main:
-                atomic_save(self._state(epoch), self.stage_dir / LAST)
-                self._write_history()
+                self.folder.save_last(self._state(epoch))
+                self.folder.write_history(self.history)
             distributed.barrier()  # best.pt / last.pt complete before any rank reads them
             if self._stop_reason():
                 if main:
@@ -405,19 +394,15 @@ class Trainer:
         if self.history:  # how the stage ended, read by whoever asks whether it is complete
             self.history[-1]["end"] = self._stop_reason() or "epochs"
         self.load_best()
-        if main:
-            self._write_history()
+        self.folder.write_history(self.history)
+        self.folder.finish()  # last: the folder now describes a finished run
         return pd.DataFrame(self.history)
 
-    def load_best(self) -> None:
-        path = self.stage_dir / BEST
-        if path.is_file():
-            state = load_checkpoint(path, map_location=self.device)
+    def load_best(self) -> bool:
+        """The best epoch's weights into the model; False when no best checkpoint exists yet."""
+        found = self.folder.load_best(self.device)
+        if found is not None:
+            state, path = found
             load_weights(self.model, state, path)
             load_weights(self.extra, state, path, key="extra")
-
-    def _write_history(self) -> None:
-        import pandas as pd
-
-        runfolder.atomic_write_text(self.stage_dir / "history.csv", pd.DataFrame(self.history).to_csv(index=False))
-        runfolder.atomic_write_text(self.stage_dir / "history.json", json.dumps(self.history, indent=1))
+        return found is not None
