@@ -65,3 +65,17 @@ def test_the_probe_changes_no_buffer_and_keeps_each_part_mode():
     memory.saved_activation_bytes(model, (32, 32))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [m.training for m in model] == [True, False, True, True]
+
+
+def test_run_stage_refuses_before_training_when_the_estimate_cannot_fit(tmp_path, monkeypatch):
+    from cxrlib.config import make_config
+    from cxrlib.training import stages
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**30)
+    monkeypatch.setattr(stages, "initialise", lambda model, config: "skipped")
+    config = make_config("stage1b", "smoke", run_dir=str(tmp_path), init_from="none", image_size=(2048, 2048),
+                         device="cpu")
+    data = type("Data", (), {"train": [], "val": []})()
+    with pytest.raises(memory.NotEnoughMemory, match=r"stage1b at image_size \(2048, 2048\)"):
+        stages.run_stage(config, data, progress=False)
+    assert not (tmp_path / "stage1b" / "best.pt").exists()

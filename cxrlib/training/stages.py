@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrlib.training import distributed
+from cxrlib.training import distributed, memory
 from cxrlib.training.checkpoints import BEST, init_path, load_init, load_weights, resolve_init, warn_missing_init
 from cxrlib.config import STAGE_CONFIGS, load_config, make_config
 from cxrlib.config.stage_table import NETWORK_FIELDS, STAGE_TABLE, TRAINING_STAGES, StageFacts, has_finetune
@@ -223,6 +223,7 @@ def run_stage(config, data: DataBundle, *, model: nn.Module | None = None, progr
         # Under torchrun each rank computes its own full copy; the sampler then shards it.
         train, val = (reuse(model, d, config, progress=progress) for d in (train, val))
     trainer = stage_trainer(config, model, entry=entry, progress=progress)
+    memory.check_fits(model, config, config_device(config), stage=config.stage)  # before a kill by the kernel
     history = trainer.fit(train, val, stop_after=stop_after)
     if has_finetune(config):
         history = _finetune(config, data, model, history, progress)
