@@ -182,3 +182,18 @@ def test_an_interrupted_stage_is_not_complete_until_resumed(tmp_path):
     history = Trainer(_Constant(), cfg, train_parts=("w",), loss_fn=_constant_loss, progress=False).fit(samples, samples)
     assert len(history) == 3 and history["end"].iloc[-1] == "epochs"
     assert stage_complete(tmp_path / "stage1b")
+
+
+def test_a_rerun_with_the_same_settings_loads_the_finished_run(stage1b, run_dir, data, capsys):
+    """A notebook run twice: the finished stage is loaded, not trained again; a new lr trains anew."""
+    best = run_dir / "stage1b" / BEST
+    written = best.stat().st_mtime_ns
+    again = stages.run_stage(config("stage1b", run_dir, init_from="none"), data, progress=True)
+    assert best.stat().st_mtime_ns == written and "loaded instead of training again" in capsys.readouterr().out
+    assert again.history["val_loss"].tolist() == stage1b.history["val_loss"].tolist()
+    assert all(torch.equal(a, b) for a, b in zip(_state(again.model).values(), _state(stage1b.model).values()))
+    # the folder's config.json rewritten by a set-up cell does not count: best.pt's own settings do
+    config("stage1b", run_dir, init_from="none", lr=5e-3).save(run_dir / "stage1b" / "config.json")
+    assert not stages.finished_with(config("stage1b", run_dir, init_from="none", lr=5e-3))
+    assert stages.finished_with(config("stage1b", run_dir, init_from="none"))
+    assert not stages.finished_with(config("stage1b", run_dir, init_from="none", resume=True))

@@ -67,7 +67,8 @@ def fingerprint(sig: dict) -> str:
     return hashlib.sha1(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _history(folder: Path) -> list:
+def read_history(folder: Path) -> list:
+    """The per-epoch rows a stage folder's trainer recorded (``history.json``), or []."""
     path = folder / "history.json"
     return json.loads(path.read_text()) if path.is_file() else []
 
@@ -82,9 +83,9 @@ def stage_complete(folder: Path) -> bool:
     if in_progress(folder) or in_progress(folder / "finetune"):  # a run started there has not finished
         return False
     cfg = json.loads((folder / "config.json").read_text())
-    done = ended(_history(folder))
+    done = ended(read_history(folder))
     if has_finetune(cfg):
-        done = done and ended(_history(folder / "finetune"))
+        done = done and ended(read_history(folder / "finetune"))
     return done
 
 
@@ -112,5 +113,20 @@ def observed_seconds(config, run_root) -> float | None:
     want = fingerprint(signature(config, drop=drop))
     for folder in _candidates(Path(run_root), config.stage):
         if stage_complete(folder) and folder_fingerprint(folder, drop=drop) == want:
-            return float(sum(r.get("seconds", 0.0) for r in _history(folder) + _history(folder / "finetune")))
+            return float(sum(r.get("seconds", 0.0) for r in read_history(folder) + read_history(folder / "finetune")))
     return None
+
+
+def finished_with(config) -> bool:
+    """``config.stage_dir`` holds a finished run whose weights these settings would give again.
+
+    The settings are read from ``best.pt`` itself, not from the folder's ``config.json``, which a
+    notebook's set-up cell rewrites before training starts. Stage 3 with a fine-tuning phase and a
+    ``resume`` are never taken as finished here: they train."""
+    from cxrlib.training.checkpoints import load_checkpoint
+
+    folder = Path(config.stage_dir)
+    if getattr(config, "resume", False) or has_finetune(config) or not stage_complete(folder):
+        return False
+    saved = load_checkpoint(folder / BEST, map_location="cpu").get("config")
+    return saved is not None and fingerprint(signature(saved)) == fingerprint(signature(config))

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from cxrlib.training import distributed, memory
+from cxrlib.training.equal_stages import finished_with, read_history
 from cxrlib.training.checkpoints import BEST, init_path, load_init, load_weights, resolve_init, warn_missing_init
 from cxrlib.config import STAGE_CONFIGS, load_config, make_config
 from cxrlib.config.stage_table import NETWORK_FIELDS, STAGE_TABLE, TRAINING_STAGES, StageFacts, has_finetune
@@ -218,6 +219,8 @@ def run_stage(config, data: DataBundle, *, model: nn.Module | None = None, progr
     else:
         seed_everything(config.seed)
     model = model.to(config_device(config))
+    if finished_with(config):  # a rerun with unchanged weight settings: the finished run, not a new one
+        return _finished(config, model, init, entry, progress)
     train, val = data.train, data.val
     if (reuse := feature_reuse(config)) is not None:
         # Under torchrun each rank computes its own full copy; the sampler then shards it.
@@ -228,6 +231,19 @@ def run_stage(config, data: DataBundle, *, model: nn.Module | None = None, progr
     if has_finetune(config):
         history = _finetune(config, data, model, history, progress)
     return StageResult(model, history, init, trainer)
+
+
+def _finished(config, model, init, entry, progress) -> StageResult:
+    """The stage as its finished run left it: best weights loaded, history read back."""
+    import pandas as pd
+
+    trainer = stage_trainer(config, model, entry=entry, progress=progress)
+    trainer.load_best()
+    if progress:
+        print(f"{config.stage}: {config.stage_dir} holds a finished run with these settings; its best.pt is "
+              "loaded instead of training again (change a setting that shapes the weights, e.g. lr, epochs or "
+              "seed, to train anew)")
+    return StageResult(model, pd.DataFrame(read_history(config.stage_dir)), init, trainer)
 
 
 def _finetune(config, data, model, history, progress):
