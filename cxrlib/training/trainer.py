@@ -235,9 +235,11 @@ class Trainer:
         """Validation loss plus the metrics the outputs allow, in eval mode.
 
         When the loss function returns ``logits`` the macro AUC and accuracy are added; when it
-        returns ``saliency_log`` and the batch has ``saliency``, the mean CC, KLD and SIM.
+        returns ``saliency_log`` and the batch has ``gaze_map``, the mean CC, KLD and SIM, computed
+        batched on the model's device in float64 (equal to the NumPy reference functions).
         """
         from cxrlib import metrics
+        from cxrlib.metrics.torch_saliency import batch_scores_torch
 
         self.model.eval()
         self.extra.eval()
@@ -259,9 +261,11 @@ class Trainer:
                 probs.append(out["logits"].float().softmax(dim=1).cpu())
                 labels.append(batch["label"].cpu())
             if "saliency_log" in out and "gaze_map" in batch:  # the test split's scoring, per image
-                scores = metrics.batch_saliency_scores(out["saliency_log"].float().exp(), batch["gaze_map"].float())
+                # on the model's device, float64 (cxrlib.metrics.torch_saliency): no per-image NumPy loop
+                scores = batch_scores_torch(out["saliency_log"].float().exp(), batch["gaze_map"])
                 for key, values in sal.items():
-                    values += scores[key].tolist()
+                    values.append(scores[key])
+        sal = {key: torch.cat(values).tolist() if values else [] for key, values in sal.items()}
         if distributed.is_distributed():  # every rank computes the metrics of the whole set
             total, count = distributed.sum_across(total, count)
             merged = distributed.concat_across({"probs": probs, "labels": labels, **sal})
