@@ -88,3 +88,16 @@ def test_trainer_evaluate_reports_the_numpy_reference_means(tmp_path):
     ref = M.batch_saliency_scores(preds, torch.stack([d["gaze_map"] for d in data]))
     for key in ("cc", "kld", "sim"):
         assert got[f"val_{key}"] == pytest.approx(ref[key].mean(), abs=1e-6), key
+
+
+def test_report_saliency_table_equals_the_per_image_reference():
+    from cxrlib.evaluation.evaluate import saliency_table
+
+    pred, gt, _ = _maps((4, 20, 16), seed=7)
+    points = [np.array([[3.0, 4.0], [10.2, 15.0]]), np.zeros((0, 2)), np.array([[100.0, 1.0]]), np.array([[0.0, 0.0]])]
+    got = saliency_table(pred, gt, points)
+    fix = [M.fixation_map_from_points(p, (20, 16)) if len(p) else None for p in points]
+    ref = M.batch_saliency_scores(pred, gt, [f if f is not None and f.any() else None for f in fix])
+    assert list(got.columns) == list(ref.columns)
+    np.testing.assert_allclose(got.to_numpy(), ref.to_numpy(), atol=1e-5, rtol=0)
+    assert got["nss"].isna().tolist() == [False, True, True, False]
