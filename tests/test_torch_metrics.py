@@ -101,3 +101,21 @@ def test_report_saliency_table_equals_the_per_image_reference():
     assert list(got.columns) == list(ref.columns)
     np.testing.assert_allclose(got.to_numpy(), ref.to_numpy(), atol=1e-5, rtol=0)
     assert got["nss"].isna().tolist() == [False, True, True, False]
+
+
+def test_cached_features_are_indexed_by_batch_with_the_same_batches():
+    """Stage 3's head loop: one index per cached tensor, the batches per-sample collation gave."""
+    from torch.utils.data import DataLoader
+
+    from cxrlib.data import collate
+    from cxrlib.training.frozen_features import CachedFeatures, FeatureBatch
+
+    feats = {"fused": torch.randn(11, 5), "label": torch.arange(11) % 3}
+    data = CachedFeatures(None, feats)
+    batches = list(DataLoader(data, batch_size=4, shuffle=True, collate_fn=collate,
+                              generator=torch.Generator().manual_seed(1)))
+    orders = DataLoader(range(11), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(1))
+    by_sample = [collate([data[int(i)] for i in idx]) for idx in orders]
+    assert all(isinstance(b, FeatureBatch) for b in batches) and [len(b["label"]) for b in batches] == [4, 4, 3]
+    for got, ref in zip(batches, by_sample, strict=True):
+        assert torch.equal(got["fused"], ref["fused"]) and torch.equal(got["label"], ref["label"])
