@@ -121,3 +121,22 @@ def compile_step(step: Callable, enabled: bool, *, what: str = "training step") 
         return step(*args, **kwargs)
 
     return call
+
+
+def apply_activation_checkpointing(model: torch.nn.Module, config, autocast: Autocast) -> list[str] | bool:
+    """Set ``config.activation_checkpointing`` on ``model``'s UNet levels; return what was set
+    (True/False, or the level names). ``"auto"``: the fewest levels, largest first, whose
+    estimated peak fits ``config.checkpoint_budget_gib`` (:mod:`cxrlib.model.memory`, estimated
+    at the config's image size and batch, half the activation bytes under fp16/bf16 autocast)."""
+    from cxrlib.model import set_activation_checkpointing
+    from cxrlib.model.memory import choose_checkpoint_levels
+
+    setting = config.activation_checkpointing
+    if setting == "auto":
+        setting, _ = choose_checkpoint_levels(model, image_size=tuple(config.image_size), batch_size=config.batch_size,
+                                              budget_gib=config.checkpoint_budget_gib, half=autocast.enabled)
+    try:
+        set_activation_checkpointing(model, setting)
+    except ValueError as error:
+        raise ValueError(f"{config.stage}: {error}") from None
+    return setting

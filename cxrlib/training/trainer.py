@@ -44,7 +44,7 @@ from cxrlib.training import distributed, precision
 from cxrlib.training.batches import EpochShuffle, loader_workers, progress_bar, to_device
 from cxrlib.training.checkpoints import BEST, LAST, atomic_save, check_resumable, load_checkpoint, load_weights
 from cxrlib.training.history import early_stop, epoch_line
-from cxrlib.model import set_activation_checkpointing, set_modes, set_trainable
+from cxrlib.model import set_modes, set_trainable
 from cxrlib.runtime import config_device, rng_state, seed_everything, set_deterministic, set_rng_state
 
 
@@ -95,7 +95,7 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
             self.extra.to(memory_format=torch.channels_last)
         precision.configure_backends(self.device)
-        set_activation_checkpointing(self.model, config.activation_checkpointing)
+        self.checkpointed = precision.apply_activation_checkpointing(self.model, config, self.autocast)  # or "auto"
         self._step = precision.compile_step(self._eager_step, config.compile and not distributed.is_distributed())
         self.history: list[dict] = []
         self.best_val = math.inf
