@@ -100,6 +100,7 @@ def _finalise(config):
                "resize": ("pad_resize", "stride"), "frozen_bn": ("eval", "train"),
                "amp_dtype": ("auto", "bf16", "fp16")}
     choices.update(intensity=("minmax", "max"), eval_split=("test", "val"))
+    choices.update(compile=(False, True, "blocks", "step"))
     if isinstance(config, ContrastiveConfig):
         choices["loss"] = ("triplet", "supcon", "ntxent")
         choices.update(triplet_feature=("map", "pooled"), triplet_reduction=("sum", "mean"))

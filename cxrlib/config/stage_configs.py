@@ -65,7 +65,9 @@ class StageConfig:
     amp: bool | None = None  # None: on for CUDA only
     amp_dtype: str = "auto"  # auto: bf16 on cards with native bf16 (compute capability >= 8.0), else fp16 + scaler
     channels_last: bool | None = None  # None: on CUDA only (faster convolutions there, slower on the CPU)
-    compile: bool = False  # torch.compile the training step; falls back to eager with a warning
+    # torch.compile: True/"blocks" the repeated blocks (dense layers, Res-SE, decoder levels), "step" the whole
+    # training step; falls back to eager with a warning
+    compile: bool | str = False
     # recompute UNet levels in the backward pass (less memory, slower): True every level, "auto" the fewest
     # (largest first) that fit checkpoint_budget_gib (cxrlib.model.memory), or level names "res_se.0,decoder.4"
     activation_checkpointing: bool | str = False

@@ -140,3 +140,63 @@ def apply_activation_checkpointing(model: torch.nn.Module, config, autocast: Aut
     except ValueError as error:
         raise ValueError(f"{config.stage}: {error}") from None
     return setting
+
+
+def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The blocks a network repeats, outermost only: DenseNet's dense layers, the Res-SE encoder
+    levels, and the decoder's up and block modules (the UNet's DoubleConv levels)."""
+    from torchvision.models.densenet import _DenseLayer
+
+    from cxrlib.model.blocks import DoubleConv, ResSEBlock, Up
+
+    kinds = (_DenseLayer, ResSEBlock, DoubleConv, Up)
+    found, inside = [], set()
+    for module in model.modules():
+        if id(module) in inside:
+            continue
+        if isinstance(module, kinds):
+            found.append(module)
+            inside.update(id(m) for m in module.modules())
+    return found  # the decoder's levels are its Up and DoubleConv modules; MT-UNet's encoder uses DoubleConv too
+
+
+def compile_blocks(model: torch.nn.Module, *, what: str = "model", backend: str = "inductor") -> int:
+    """``torch.compile`` each repeated block of ``model`` (`repeated_blocks`) in place of the whole
+    step: identical blocks share one compiled graph (parameters are graph inputs), so compilation
+    takes a fraction of the whole step's. The forward of each block is replaced on the instance:
+    module names and state-dict keys stay as they are. Where compilation fails (at the first call,
+    e.g. no C++ compiler), one warning, and every block runs eager from then on. Returns the number
+    of blocks. ``backend``: torch.compile's (the tests use "aot_eager": the same graph capture and
+    autograd, without inductor's code generation, which takes minutes on a small CPU)."""
+    blocks = repeated_blocks(model)
+    state = {"eager": False}
+
+    def guarded(module, eager, compiled):
+        def forward(*args, **kwargs):
+            if not state["eager"]:
+                try:
+                    return compiled(*args, **kwargs)
+                except Exception as error:  # noqa: BLE001 - reported, then the eager path runs
+                    first = str(error).splitlines()[0] if str(error) else ""
+                    warnings.warn(f"torch.compile of the {what}'s blocks failed ({type(error).__name__}: {first}); "
+                                  "running eager", stacklevel=2)
+                    state["eager"] = True
+            return eager(*args, **kwargs)
+        return forward
+
+    for module in blocks:
+        eager = module.forward  # the bound class method
+        module.forward = guarded(module, eager, torch.compile(eager, backend=backend))
+    return len(blocks)
+
+
+def compile_setting(model: torch.nn.Module, step: Callable, setting, *, distributed: bool = False) -> Callable:
+    """Apply ``config.compile`` and return the step to call: True or "blocks" compiles the
+    repeated blocks in place (`compile_blocks`) and returns ``step``; "step" compiles the whole
+    step (`compile_step`; not under torchrun, where DDP wraps the step); False changes nothing."""
+    if setting is True or setting == "blocks":
+        compile_blocks(model)
+        return step
+    if setting == "step" and not distributed:
+        return compile_step(step, True)
+    return step

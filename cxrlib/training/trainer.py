@@ -96,7 +96,8 @@ class Trainer:
             self.extra.to(memory_format=torch.channels_last)
         precision.configure_backends(self.device)
         self.checkpointed = precision.apply_activation_checkpointing(self.model, config, self.autocast)  # or "auto"
-        self._step = precision.compile_step(self._eager_step, config.compile and not distributed.is_distributed())
+        self._step = precision.compile_setting(self.model, self._eager_step, config.compile,  # blocks, or the step
+                                               distributed=distributed.is_distributed())
         self.history: list[dict] = []
         self.best_val = math.inf
         self.start_epoch = 0
