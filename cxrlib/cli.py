@@ -261,6 +261,10 @@ def main(argv=None) -> int:
             from cxrlib.bench import network as bench, stages as bench_stages
 
             bench_args = bench.build_parser().parse_args(argv[1:])
+            if bench_args.suite:
+                from cxrlib.bench.suite import run_suite_cli
+
+                return run_suite_cli(bench_args)
             return (bench_stages.run_stages if bench_args.stage else bench.run_models)(bench_args)
         args = build_parser().parse_args(argv)  # a usage error exits 2 with argparse's message
         return args.func(args)
