@@ -1,11 +1,11 @@
 """``cxrlib bench --suite``: everything the README's GPU section reports, in one process and a
 bounded time, written as JSON and as markdown tables in the README's format with the device's name.
 
-Parts, in order (each skipped, and said so, once ``time_limit_s`` has passed):
+Parts (each skipped, and said so, once ``time_limit_s`` has passed; one that fails is recorded):
 
-1. **network**: the dual-encoder's training step, eager and with its repeated blocks compiled
-   (`precision.compile_blocks`), channels_last on; the compiled row's wall time includes its
-   compilation.
+1. **network**: the dual-encoder's training step, eager and (run last, as its compilation time is
+   not known beforehand) with its repeated blocks compiled (`precision.compile_blocks`),
+   channels_last on; the compiled row's wall time includes its compilation.
 2. **stages**: every trainable stage of the profile as the trainer configures it
    (`cxrlib.bench.stages.benchmark_stage`), in each of ``dtypes`` with peak memory. A dtype the
    device cannot run is skipped with the reason (the CPU has no autocast here: one float32 row;
@@ -122,16 +122,25 @@ def run_suite(*, profile: str = "paper", device=None, stages=TRAINABLE_STAGES, d
 
     size = overrides.get("image_size", (640, 512) if profile == "paper" else (320, 256))
     net_batch = overrides.get("batch_size", 16 if device.type == "cuda" else 2)
-    for compile in (False, "blocks"):
+
+    def network_row(compile) -> None:
         if not time_left(f"network step, compile={compile}"):
-            break
+            return
         t0 = time.perf_counter()
-        row = benchmark_models(["dual"], image_size=size, batch_size=net_batch, device=device, steps=steps,
-                               warmup=warmup, amp=first_amp, base_width=overrides.get("base_width", 64),
-                               channels_last=True, compile=compile)[0]
+        try:
+            row = benchmark_models(["dual"], image_size=size, batch_size=net_batch, device=device, steps=steps,
+                                   warmup=warmup, amp=first_amp, base_width=overrides.get("base_width", 64),
+                                   channels_last=True, compile=compile)[0]
+        except Exception as error:  # noqa: BLE001 - recorded; the other parts still run
+            result["skipped"].append(f"network step, compile={compile}: failed, {type(error).__name__}: "
+                                     f"{str(error).splitlines()[0]}")
+            _free(device)
+            return
         row["wall_s"] = time.perf_counter() - t0
         result["network"].append(row)
         log(f"network {row['options']}: {row['train_img_s']:.2f} train img/s ({row['wall_s']:.0f} s with warm-up)")
+
+    network_row(False)
 
     for stage in stages:
         for amp in amp_runs:
@@ -173,6 +182,7 @@ def run_suite(*, profile: str = "paper", device=None, stages=TRAINABLE_STAGES, d
             trainer["ratio"] = trainer["train_images_per_s"] / bench["train_img_s"]
         log(f"trainer {trainer_stage}: {trainer['train_images_per_s']:.2f} img/s"
             + (f" ({trainer['ratio']:.2f}x bench --stage)" if "ratio" in trainer else ""))
+    network_row("blocks")  # last: its compilation is the one part whose length is not known beforehand
     result["wall_s"] = time.perf_counter() - started
     if out_dir is not None:
         out = Path(out_dir)
