@@ -207,15 +207,15 @@ def test_block_compile_failure_falls_back_to_eager_once(monkeypatch):
 
 
 def test_repeated_blocks_of_the_dual_network_and_the_compile_setting(monkeypatch, tmp_path):
-    from torchvision.models.densenet import _DenseLayer
+    from torchvision.models.densenet import _DenseBlock
 
     from cxrlib.config import ParameterError, make_config
 
     net = DualEncoderMTUNet(base_width=4, densenet_arch="densenet121")
     found = precision.repeated_blocks(net)
     kinds = {type(m).__name__: sum(type(n) is type(m) for n in found) for m in found}
-    assert kinds == {"_DenseLayer": 58, "ResSEBlock": 5, "Up": 5, "DoubleConv": 5}
-    assert sum(isinstance(m, _DenseLayer) for m in net.modules()) == 58
+    assert kinds == {"_DenseBlock": 4, "ResSEBlock": 5, "Up": 5, "DoubleConv": 5}
+    assert sum(isinstance(m, _DenseBlock) for m in net.modules()) == 4
     calls = []
     monkeypatch.setattr(precision, "compile_blocks", lambda model, **k: calls.append(model))
     step = lambda batch: batch  # noqa: E731

@@ -143,13 +143,17 @@ def apply_activation_checkpointing(model: torch.nn.Module, config, autocast: Aut
 
 
 def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The blocks a network repeats, outermost only: DenseNet's dense layers, the Res-SE encoder
-    levels, and the decoder's up and block modules (the UNet's DoubleConv levels)."""
-    from torchvision.models.densenet import _DenseLayer
+    """The blocks a network repeats, outermost only: DenseNet's dense blocks, the Res-SE encoder
+    levels, and the decoder's up and block modules (the UNet's DoubleConv levels).
+
+    DenseNet is compiled by dense block, not by dense layer: each layer takes the list of all
+    earlier feature maps, and torch.compile guards on the list's length, so each of DenseNet201's
+    98 layers would be a graph of its own (and past the recompile limit, eager)."""
+    from torchvision.models.densenet import _DenseBlock
 
     from cxrlib.model.blocks import DoubleConv, ResSEBlock, Up
 
-    kinds = (_DenseLayer, ResSEBlock, DoubleConv, Up)
+    kinds = (_DenseBlock, ResSEBlock, DoubleConv, Up)
     found, inside = [], set()
     for module in model.modules():
         if id(module) in inside:
@@ -162,14 +166,18 @@ def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def compile_blocks(model: torch.nn.Module, *, what: str = "model", backend: str = "inductor") -> int:
     """``torch.compile`` each repeated block of ``model`` (`repeated_blocks`) in place of the whole
-    step: identical blocks share one compiled graph (parameters are graph inputs), so compilation
-    takes a fraction of the whole step's. The forward of each block is replaced on the instance:
+    step: blocks of one kind share the compiled code and, where their shapes agree, the graph
+    (parameters are graph inputs), so compilation takes a fraction of the whole step's. The forward of each block is replaced on the instance:
     module names and state-dict keys stay as they are. Where compilation fails (at the first call,
     e.g. no C++ compiler), one warning, and every block runs eager from then on. Returns the number
     of blocks. ``backend``: torch.compile's (the tests use "aot_eager": the same graph capture and
     autograd, without inductor's code generation, which takes minutes on a small CPU)."""
     blocks = repeated_blocks(model)
     state = {"eager": False}
+    # One graph per instance and mode (train/eval, grad/no grad) at most: above dynamo's default of
+    # 8 per code object, the blocks past it would silently run eager.
+    most = max((sum(type(b) is type(a) for b in blocks) for a in blocks), default=0)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * most)
 
     def guarded(module, eager, compiled):
         def forward(*args, **kwargs):
