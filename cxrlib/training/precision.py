@@ -177,7 +177,9 @@ def compile_blocks(model: torch.nn.Module, *, what: str = "model", backend: str 
     # One graph per instance and mode (train/eval, grad/no grad) at most: above dynamo's default of
     # 8 per code object, the blocks past it would silently run eager.
     most = max((sum(type(b) is type(a) for b in blocks) for a in blocks), default=0)
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * most)
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6: old name
+    setattr(config, name, max(getattr(config, name), 4 * most))
 
     def guarded(module, eager, compiled):
         def forward(*args, **kwargs):
