@@ -311,6 +311,10 @@ def main(argv=None) -> int:
 
             bench_args = bench_network.build_parser().parse_args(argv[1:])
             check_bench_counts(bench_args)
+            if bench_args.suite:
+                from cxrlib.bench.suite import run_suite_cli
+
+                return run_suite_cli(bench_args)
             return (bench_stages.run_stages if bench_args.stage else bench_network.run_models)(bench_args)
         args = build_parser().parse_args(argv)  # a usage error exits 2 with argparse's message
         return args.func(args)

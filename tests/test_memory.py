@@ -14,29 +14,26 @@ def tiny_net():
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
 
 
-def test_saved_bytes_count_the_activations_autograd_keeps():
-    # conv1 saves its input (1 channel) and ReLU its output (4 channels) which conv2 reuses: 5 float32 maps
-    h, w = 32, 32
-    assert memory.saved_activation_bytes(tiny_net(), (h, w)) == 5 * h * w * 4
-
-
-def test_saved_bytes_scale_with_pixels_and_batch():
+def test_the_estimate_grows_with_pixels_and_counts_only_what_trains():
     model = build_model("resse_unet", base_width=8)
-    small = memory.saved_activation_bytes(model, (64, 64))
-    assert memory.saved_activation_bytes(model, (128, 128)) == pytest.approx(4 * small, rel=0.05)
-    assert memory.saved_activation_bytes(model, (64, 64), batch=2) == pytest.approx(2 * small, rel=0.05)
-
-
-def test_frozen_parts_save_nothing_for_the_backward_pass():
-    model = tiny_net()
-    trained = memory.saved_activation_bytes(model)
+    small = memory.estimate_need(model, config((64, 64), 2), "cpu")
+    large = memory.estimate_need(model, config((256, 256), 2), "cpu")
+    fixed = sum(p.numel() * 4 * 4 for p in model.parameters())  # weights, gradients, Adam's two moments
+    assert large - fixed == pytest.approx(16 * (small - fixed), rel=0.01)  # activations: 16x the pixels
     for p in model.parameters():
         p.requires_grad_(False)
-    assert memory.saved_activation_bytes(model) < trained
+    assert memory.estimate_need(model, config((256, 256), 2), "cpu") < large
+
+
+def test_checkpointed_levels_follow_the_setting():
+    levels = ["res_se.0", "decoder.4"]
+    assert memory.checkpointed_levels(SimpleNamespace(activation_checkpointing=False), levels) == []
+    assert memory.checkpointed_levels(SimpleNamespace(activation_checkpointing="auto"), levels) == levels
+    assert memory.checkpointed_levels(SimpleNamespace(activation_checkpointing="decoder.4"), levels) == ["decoder.4"]
 
 
 def config(size, batch=2):
-    return SimpleNamespace(image_size=size, batch_size=batch)
+    return SimpleNamespace(image_size=size, batch_size=batch, activation_checkpointing=False, amp=None)
 
 
 def test_a_cpu_run_that_cannot_fit_is_refused_with_the_figure(monkeypatch):
@@ -55,16 +52,6 @@ def test_the_check_can_be_skipped_on_purpose(monkeypatch):
 def test_the_host_memory_is_read_on_linux():
     free = memory.available_bytes(torch.device("cpu"))
     assert free is None or free > 0
-
-
-def test_the_probe_changes_no_buffer_and_keeps_each_part_mode():
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 1, 1))
-    model.train()
-    model[1].eval()  # a frozen part, as set_modes leaves it
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    memory.saved_activation_bytes(model, (32, 32))
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert [m.training for m in model] == [True, False, True, True]
 
 
 def test_run_stage_refuses_before_training_when_the_estimate_cannot_fit(tmp_path, monkeypatch):

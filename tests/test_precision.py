@@ -158,9 +158,70 @@ def test_trainer_channels_last_on_cpu_gives_the_same_loss():
     assert a == pytest.approx(b, rel=1e-4)
 
 
-def test_trainer_compile_failure_trains_eagerly(monkeypatch):
-    monkeypatch.setattr(torch, "compile", lambda fn: (lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom"))))
-    trainer, data = _one_step_trainer(compile=True)
-    with pytest.warns(UserWarning, match="torch.compile of the training step failed"):
+@pytest.mark.parametrize("setting, what", [("step", "training step"), (True, "model's blocks")])
+def test_trainer_compile_failure_trains_eagerly(monkeypatch, setting, what):
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: (lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom"))))
+    trainer, data = _one_step_trainer(compile=setting)
+    with pytest.warns(UserWarning, match=f"torch.compile of the {what} failed"):
         loss = trainer.train_epoch(data, 0)
     assert loss > 0
+
+
+def _res_se_chain():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(blocks.ResSEBlock(1, 4), torch.nn.MaxPool2d(2), blocks.ResSEBlock(4, 4),
+                               torch.nn.MaxPool2d(2), blocks.ResSEBlock(4, 4))
+
+
+def test_compiled_blocks_give_the_eager_outputs_and_gradients():
+    """One block kind, and the aot_eager backend (graph capture and AOT autograd without
+    inductor's C++ code generation, which takes minutes on a small CPU): the test stays short."""
+    eager = _res_se_chain()
+    compiled = copy.deepcopy(eager)
+    assert precision.compile_blocks(compiled, backend="aot_eager") == 3
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # names and keys unchanged
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    out_e, out_c = eager(x), compiled(x)
+    (out_e ** 2).sum().backward()
+    (out_c ** 2).sum().backward()
+    assert torch.allclose(out_e, out_c, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_block_compile_failure_falls_back_to_eager_once(monkeypatch):
+    def broken(fn, **kwargs):
+        def call(*a, **k):
+            raise RuntimeError("no C++ compiler found")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    net = _res_se_chain()
+    expected = copy.deepcopy(net)(torch.ones(1, 1, 8, 8))
+    precision.compile_blocks(net)
+    with pytest.warns(UserWarning, match="torch.compile of the model's blocks failed .*no C\\+\\+ compiler"):
+        assert torch.equal(net(torch.ones(1, 1, 8, 8)), expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net(torch.ones(1, 1, 8, 8))
+
+
+def test_repeated_blocks_of_the_dual_network_and_the_compile_setting(monkeypatch, tmp_path):
+    from torchvision.models.densenet import _DenseBlock
+
+    from cxrlib.config import ParameterError, make_config
+
+    net = DualEncoderMTUNet(base_width=4, densenet_arch="densenet121")
+    found = precision.repeated_blocks(net)
+    kinds = {type(m).__name__: sum(type(n) is type(m) for n in found) for m in found}
+    assert kinds == {"_DenseBlock": 4, "ResSEBlock": 5, "Up": 5, "DoubleConv": 5}
+    assert sum(isinstance(m, _DenseBlock) for m in net.modules()) == 4
+    calls = []
+    monkeypatch.setattr(precision, "compile_blocks", lambda model, **k: calls.append(model))
+    step = lambda batch: batch  # noqa: E731
+    assert precision.compile_setting(net, step, True) is step and calls == [net]
+    assert precision.compile_setting(net, step, "step") is not step
+    assert precision.compile_setting(net, step, "step", distributed=True) is step
+    assert precision.compile_setting(net, step, False) is step and len(calls) == 1
+    with pytest.raises(ParameterError, match="compile"):
+        make_config("stage2", "smoke", run_dir=str(tmp_path), compile="graph")

@@ -172,7 +172,11 @@ def _bench_one(name, *, image_size, batch_size, device, steps, warmup, autocast,
         opt = precision.adam(model.parameters(), lr=1e-4, device=device)
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
         scaler = torch.amp.GradScaler(device.type, enabled=autocast.scaler)
-        forward = precision.compile_step(model, compile, what=name)
+        if compile == "blocks":  # the repeated blocks, in place (precision.compile_blocks)
+            precision.compile_blocks(model, what=name)
+            forward = model
+        else:
+            forward = precision.compile_step(model, compile, what=name)
 
         def train_step():
             with torch.autocast(device.type, dtype=autocast.dtype, enabled=autocast.enabled):
@@ -197,7 +201,7 @@ def _bench_one(name, *, image_size, batch_size, device, steps, warmup, autocast,
         "image_size": f"{h}x{w}",
         "batch_size": batch_size,
         "amp": autocast.name if autocast.enabled else "none",
-        "options": ",".join([o for o, on in (("channels_last", cl), ("compile", compile),
+        "options": ",".join([o for o, on in (("channels_last", cl), ("compile" if compile is True else f"compile {compile}", compile),
                                              ("checkpointing", checkpointing)) if on]) or "-",
         "params": params,
         "train_img_s": train_rate,
@@ -276,7 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stage", nargs="+", default=None, metavar="STAGE",
                         help="time these training stages as the trainer configures them "
                              "(stage1a stage1b stage2 stage3 joint) instead of whole networks")
-    parser.add_argument("--profile", default="paper", choices=["smoke", "demo", "paper"], help="with --stage")
+    parser.add_argument("--profile", default="paper", choices=["smoke", "demo", "paper"], help="with --stage or --suite")
+    parser.add_argument("--suite", action="store_true",
+                        help="everything the README's GPU section reports, in one process (cxrlib.bench.suite): "
+                             "network step eager/compiled, every stage (or --stage ...) in bf16 and fp16 (--amp: "
+                             "one), evaluation, one trainer epoch; JSON and markdown in --out")
+    parser.add_argument("--time-limit", type=float, default=1500.0, help="--suite: seconds before parts are skipped")
+    parser.add_argument("--out", default="runs/bench-suite", help="--suite: folder for suite.json and suite.md")
+    parser.add_argument("--synthetic-images", type=int, default=48, help="--suite: images of the trainer's epoch")
     return parser
 
 

@@ -111,6 +111,11 @@ def _finalise(config):
         raise ParameterError(f"parameter 'synthetic_difficulty' must lie in [0, 1], got {config.synthetic_difficulty!r}")
     if config.kld_eps < 0:
         raise ParameterError(f"parameter 'kld_eps' must be >= 0, got {config.kld_eps!r}")
+    if isinstance(config.activation_checkpointing, str) and not config.activation_checkpointing.strip():
+        raise ParameterError("parameter 'activation_checkpointing' must be True, False, 'auto' or UNet level names "
+                             "such as 'res_se.0,decoder.4', got ''")
+    if not config.checkpoint_budget_gib > 0:
+        raise ParameterError(f"parameter 'checkpoint_budget_gib' must be > 0 (GiB), got {config.checkpoint_budget_gib!r}")
     return config
 
 

@@ -20,6 +20,7 @@ TRIPLET_REDUCTIONS = ("sum", "mean")
 FUSION_MODES = ("head", "finetune", "joint")  # stage 3: the fusion head only, then (finetune) every part; joint: all from the start
 SPLIT_RULES = ("patient", "image")  # data/splits.py: grouped by patient, or the code's per-class counter over images
 FIDELITY_PRESETS = ("method", "code", "code_training")  # config/fidelity.py
+COMPILE_MODES = (False, True, "blocks", "step")  # torch.compile: off, the repeated blocks (True), or the whole step
 MODEL_NAMES = ("dual", "mtunet", "resse_unet", "densenet")  # the networks of cxrlib.model
 JOINT_MODELS = ("dual", "mtunet", "resse_unet")  # the networks with a saliency head (a joint stage's choice)
 
@@ -29,4 +30,5 @@ FIELD_CHOICES = {
     "frozen_bn": FROZEN_BN_MODES, "amp_dtype": AMP_DTYPES, "intensity": INTENSITY_MODES, "eval_split": EVAL_SPLITS,
     "loss": CONTRASTIVE_LOSSES, "triplet_feature": TRIPLET_FEATURES, "triplet_reduction": TRIPLET_REDUCTIONS,
     "mode": FUSION_MODES, "model": JOINT_MODELS, "split": SPLIT_RULES, "fidelity": FIDELITY_PRESETS,
+    "compile": COMPILE_MODES,
 }

@@ -22,7 +22,7 @@ DEFAULT_CAMS = ("gradcam", "gradcam++", "hirescam", "layercam", "eigencam")  # S
 # Fields of the training loop. A notebook that trains nothing rejects them (``inapplicable``):
 # ``lr`` on the data notebook is a mistake to report, not a setting to ignore.
 _TRAINING_FIELDS = frozenset({"epochs", "batch_size", "lr", "plateau_patience", "early_stopping", "max_steps_per_epoch",
-                              "amp", "amp_dtype", "channels_last", "compile", "activation_checkpointing",
+                              "amp", "amp_dtype", "channels_last", "compile", "activation_checkpointing", "checkpoint_budget_gib",
                               "sync_batchnorm", "resume", "init_from", "frozen_bn", "reuse_frozen_features",
                               "shuffle", "drop_last", "reload_best_on_drop", "plateau_eps", "lr_floor",
                               "val_shuffle", "eval_fp32"})
@@ -32,7 +32,7 @@ _READS_A_MODEL = (_TRAINING_FIELDS - {"init_from"}) | {"pretrained"}
 # Fields that do not change a stage's weights: a resumed stage may differ in them.
 NOT_WEIGHT_FIELDS = frozenset({
     "run_dir", "resume", "device", "num_workers", "eval_batch_size", "n_boot", "reuse_frozen_features",
-    "sync_batchnorm", "deterministic", "channels_last", "compile", "activation_checkpointing",
+    "sync_batchnorm", "deterministic", "channels_last", "compile", "activation_checkpointing", "checkpoint_budget_gib",
     "examples_per_class", "max_images", "cam_methods", "eval_split", "kld_eps"})
 
 
@@ -67,8 +67,13 @@ class StageConfig:
     amp: bool | None = None  # None: on for CUDA only
     amp_dtype: str = "auto"  # auto: bf16 on cards with native bf16 (compute capability >= 8.0), else fp16 + scaler
     channels_last: bool | None = None  # None: on CUDA only (faster convolutions there, slower on the CPU)
-    compile: bool = False  # torch.compile the training step; falls back to eager with a warning
-    activation_checkpointing: bool = False  # recompute UNet levels in the backward pass: less memory, slower
+    # torch.compile: True/"blocks" the repeated blocks (dense layers, Res-SE, decoder levels), "step" the whole
+    # training step; falls back to eager with a warning
+    compile: bool | str = False
+    # recompute UNet levels in the backward pass (less memory, slower): True every level, "auto" the fewest
+    # (largest first) that fit checkpoint_budget_gib (cxrlib.model.memory), or level names "res_se.0,decoder.4"
+    activation_checkpointing: bool | str = False
+    checkpoint_budget_gib: float = 14.0  # the estimated peak "auto" must stay under (GiB)
     sync_batchnorm: bool = False  # under torchrun on CUDA: BatchNorm statistics over all GPUs
     resume: bool = False
     init_from: str | None = None  # a stage name in run_dir, or a checkpoint path

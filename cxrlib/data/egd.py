@@ -317,7 +317,10 @@ class EGDDataset(Dataset):
 
 
 def collate(batch: list[dict]) -> dict:
-    """Stack tensors of equal shape; keep ``fixations`` (variable length) and strings as lists."""
+    """Stack tensors of equal shape; keep ``fixations`` (variable length) and strings as lists.
+    A batch a data set already assembled (a dict: cached features, indexed by batch) is returned as it is."""
+    if isinstance(batch, dict):
+        return batch
     out = {}
     for key in batch[0]:
         values = [sample[key] for sample in batch]

@@ -61,7 +61,23 @@ def saliency_table(pred_maps, gaze_maps, fixations, *, kld_eps: float = metrics.
     shape = gaze_maps.shape[1:]
     fix = [metrics.fixation_map_from_points(p, shape) if len(p) else None for p in fixations]
     fix = [f if f is not None and f.any() else None for f in fix]
-    return metrics.batch_saliency_scores(pred_maps, gaze_maps, fix, kld_eps=kld_eps)
+    return _scores_batched(pred_maps, gaze_maps, fix, kld_eps=kld_eps)
+
+
+def _scores_batched(pred_maps, gaze_maps, fix, *, kld_eps: float) -> "pd.DataFrame":
+    """`metrics.batch_saliency_scores` computed batched in torch (float64, equal to it to 1e-5):
+    one call instead of a Python loop over test images; an image without fixations gets NaN."""
+    import pandas as pd
+    import torch
+
+    from cxrlib.metrics.torch_saliency import batch_scores_torch
+
+    pred, gaze = torch.as_tensor(np.asarray(pred_maps)), torch.as_tensor(np.asarray(gaze_maps))
+    fixation = None
+    if any(f is not None for f in fix):
+        fixation = torch.as_tensor(np.stack([np.zeros(gaze.shape[-2:], np.uint8) if f is None else f for f in fix]))
+    scores = batch_scores_torch(pred, gaze, fixation, kld_eps=kld_eps)
+    return pd.DataFrame({k: v.cpu().numpy() for k, v in scores.items()})
 
 
 def _with_ci(table, *, n_boot: int, seed: int) -> dict:

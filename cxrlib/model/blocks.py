@@ -100,13 +100,13 @@ class UNetEncoder(nn.Module):
         self.levels = nn.ModuleList(block(a, b) for a, b in zip(chans[:-1], chans[1:]))
         self.pool = nn.MaxPool2d(2)
         self.out_channels = list(widths)
-        self.checkpointing = False  # see set_activation_checkpointing
+        self.checkpointing = False  # bool, or a set of level indices: see set_activation_checkpointing
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Return the skips, shallow first: level i has ``widths[i]`` channels at stride 2**i."""
         skips = []
         for i, level in enumerate(self.levels):
-            x = run_level(level, x if i == 0 else self.pool(x), checkpointing=self.checkpointing)
+            x = run_level(level, x if i == 0 else self.pool(x), checkpointing=level_checkpointed(self, i))
             skips.append(x)
         return skips
 
@@ -125,12 +125,12 @@ class UNetDecoder(nn.Module):
         self.ups = nn.ModuleList(Up(p, w) for p, w in zip(prev, widths))
         self.blocks = nn.ModuleList(block(w + s, w) for w, s in zip(widths, skip_chs))
         self.out_channels = widths[-1]
-        self.checkpointing = False  # see set_activation_checkpointing
+        self.checkpointing = False  # bool, or a set of level indices: see set_activation_checkpointing
 
     def forward(self, x: torch.Tensor, skips) -> torch.Tensor:
-        for up, block, skip in zip(self.ups, self.blocks, skips):
+        for i, (up, block, skip) in enumerate(zip(self.ups, self.blocks, skips)):
             # skip first in the concatenation, as in the authors' code
-            x = run_level(_UpConcat(up, block), x, skip, checkpointing=self.checkpointing)  # (B, w, 2h, 2w)
+            x = run_level(_UpConcat(up, block), x, skip, checkpointing=level_checkpointed(self, i))  # (B, w, 2h, 2w)
         return x
 
 
@@ -219,14 +219,43 @@ def run_level(level: nn.Module, *inputs: torch.Tensor, checkpointing: bool) -> t
     return checkpoint(forward, *inputs, use_reentrant=False)
 
 
-def set_activation_checkpointing(model: nn.Module, enabled: bool) -> int:
-    """Switch checkpointing of every UNet encoder and decoder level of ``model``; return how many
-    encoders/decoders were switched. The DenseNet is left alone: torchvision's own
-    ``memory_efficient`` option recomputes its BatchNorm layers with their statistics updated
-    twice."""
-    switched = 0
-    for module in model.modules():
+def level_checkpointed(module: nn.Module, index: int) -> bool:
+    """Whether level ``index`` of a UNet encoder/decoder is checkpointed: ``module.checkpointing``
+    is a bool (every level or none) or a set of level indices."""
+    flag = module.checkpointing
+    return flag if isinstance(flag, bool) else index in flag
+
+
+def unet_levels(model: nn.Module) -> dict[str, tuple[nn.Module, int]]:
+    """Every UNet encoder and decoder level of ``model`` by name (``"res_se.4"``, ``"decoder.0"``;
+    the index counts in the module's order: encoder shallow first, decoder deepest first)."""
+    out = {}
+    for name, module in model.named_modules():
         if isinstance(module, (UNetEncoder, UNetDecoder)):
-            module.checkpointing = bool(enabled)
-            switched += 1
-    return switched
+            count = len(module.levels) if isinstance(module, UNetEncoder) else len(module.blocks)
+            out.update({f"{name}.{i}": (module, i) for i in range(count)})
+    return out
+
+
+def set_activation_checkpointing(model: nn.Module, enabled) -> int:
+    """Switch checkpointing of the UNet encoder and decoder levels of ``model``; return how many
+    encoders/decoders there are. ``enabled``: True (every level), False (none), or level names
+    (`unet_levels`; a list, or one comma-separated string) for exactly those levels. The
+    DenseNet is left alone: torchvision's own ``memory_efficient`` option recomputes its
+    BatchNorm layers with their statistics updated twice."""
+    levels = unet_levels(model)
+    if isinstance(enabled, str):
+        enabled = [n.strip() for n in enabled.split(",") if n.strip()]
+    chosen: dict = {}
+    if not isinstance(enabled, bool):
+        unknown = sorted(set(enabled) - set(levels))
+        if unknown:
+            raise ValueError(f"activation_checkpointing: unknown level(s) {unknown}; this model has "
+                             f"{list(levels)} (or use True, False or 'auto')")
+        for name in enabled:
+            module, index = levels[name]
+            chosen.setdefault(id(module), set()).add(index)
+    modules = {id(m): m for m, _ in levels.values()}
+    for key, module in modules.items():
+        module.checkpointing = bool(enabled) if isinstance(enabled, bool) else frozenset(chosen.get(key, ()))
+    return len(modules)

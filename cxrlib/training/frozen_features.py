@@ -56,3 +56,16 @@ class CachedFeatures(Dataset):
         sample = {} if self.base is None else dict(self.base[index])
         sample.update({k: v[index] for k, v in self.features.items()})
         return sample
+
+    def __getitems__(self, indices) -> "list[dict] | FeatureBatch":
+        """A DataLoader's batch at once. Standing alone (stage 3's head loop), the rows are taken
+        from the cached tensors with one index per tensor, already a batch (`FeatureBatch`,
+        which ``collate`` passes through), instead of one dict per sample stacked again."""
+        if self.base is not None:
+            return [self[i] for i in indices]
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        return FeatureBatch({k: v[rows] for k, v in self.features.items()})
+
+
+class FeatureBatch(dict):
+    """A batch that `CachedFeatures` assembled from its tensors: ``collate`` returns it as it is."""

@@ -1,61 +1,29 @@
-"""How much memory a stage's training step needs, estimated before the run, and the check that
-refuses a run that cannot fit.
+"""The check before a stage trains: refuse a run whose estimated memory need cannot fit.
 
-Activations dominate: autograd keeps, for the backward pass, every tensor the forward pass saved,
-and their size grows with the pixels of the batch. The estimate runs the stage's model once on a
-small probe image (the stage's parts already frozen or trainable, as the step runs them), adds up
-the bytes of every tensor autograd saves, and scales them by pixels and batch size. Weights,
-gradients and Adam's two moments are added per trainable parameter. The estimate is float32:
-half-precision autocast and activation checkpointing need less, so on a GPU it is an upper bound.
+The estimate is :mod:`cxrlib.model.memory`'s, the one ``activation_checkpointing="auto"`` chooses
+levels by: the tensors autograd saves on a small probe, scaled to the stage's image size and batch,
+plus weights, gradients and Adam's moments, with the levels this run checkpoints and half-precision
+activations under CUDA autocast. On the CPU a run over the machine's available memory is refused
+with both figures (the operating system would kill it without a word, exit 137); on a GPU it only
+warns, since the allocator's behaviour and cuDNN workspaces make the figure rough.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-PROBE = (64, 64)  # the probe image: the smallest a five-level UNet takes, cheap on any CPU
+from cxrlib.model.memory import GIB, estimate_peak_bytes, level_activation_bytes
+
 SKIP_VARIABLE = "CXRLIB_SKIP_MEMORY_CHECK"  # set to 1 to train even when the estimate does not fit
 
 
 class NotEnoughMemory(RuntimeError):
     """The estimated need of a stage exceeds the memory the device has free."""
-
-
-def saved_activation_bytes(model: nn.Module, image_size=PROBE, batch: int = 1) -> int:
-    """Bytes autograd keeps for the backward pass of one forward of ``model`` (each storage once)."""
-    seen: dict[int, int] = {}
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in weights:  # weights are counted once, per parameter, by the caller
-            seen[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    modes = {module: module.training for module in model.modules()}
-    model.eval()  # BatchNorm's running statistics stay as they are: the probe changes no weight or buffer
-    try:
-        x = torch.zeros(batch, 1, *image_size, device=next(model.parameters()).device)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(x)
-    finally:
-        for module, training in modes.items():  # each part's own mode back (frozen parts may be in eval)
-            module.training = training
-    return sum(seen.values())
-
-
-def estimate_training_bytes(model: nn.Module, image_size, batch_size: int) -> int:
-    """Estimated peak bytes of a float32 training step at ``image_size`` and ``batch_size``."""
-    h, w = image_size
-    per_probe = saved_activation_bytes(model, PROBE)
-    activations = per_probe * (h * w) / (PROBE[0] * PROBE[1]) * batch_size
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return int(activations + weights + 3 * trainable)  # + gradients and Adam's two moments
 
 
 def available_bytes(device) -> int | None:
@@ -73,22 +41,37 @@ def available_bytes(device) -> int | None:
     return None  # MPS, or a system without /proc/meminfo: not checked
 
 
-def check_fits(model: nn.Module, config, device, *, stage: str) -> int | None:
-    """Refuse (CPU) or warn (GPU, where the estimate is an upper bound) when the step cannot fit.
+def checkpointed_levels(config, levels) -> list[str]:
+    """The UNet levels this run checkpoints; ``"auto"`` counts as every level (the least it can need)."""
+    setting = getattr(config, "activation_checkpointing", False)
+    if setting is True or setting == "auto":
+        return list(levels)
+    if isinstance(setting, str):
+        return [name.strip() for name in setting.split(",") if name.strip() in levels]
+    return []
 
-    Returns the estimate in bytes, or None when the device's free memory is unknown."""
+
+def estimate_need(model: nn.Module, config, device) -> int:
+    """Estimated peak bytes of one training step of ``model`` (its trainable flags as set)."""
+    sizes = level_activation_bytes(model, tuple(config.image_size), config.batch_size)
+    half = torch.device(device).type == "cuda" and getattr(config, "amp", None) is not False
+    levels = [name for name in sizes if name != "rest"]
+    return estimate_peak_bytes(model, sizes, checkpointed_levels(config, levels), half=half)
+
+
+def check_fits(model: nn.Module, config, device, *, stage: str) -> int | None:
+    """Refuse (CPU) or warn (GPU) when the step's estimate exceeds the free memory; return the
+    estimate in bytes, or None when the device's free memory is unknown, the check is skipped
+    (``CXRLIB_SKIP_MEMORY_CHECK=1``) or the model's blocks are compiled (``compile``)."""
     free = available_bytes(device)
-    if free is None or os.environ.get(SKIP_VARIABLE) == "1":
-        return None
-    need = estimate_training_bytes(model, config.image_size, config.batch_size)
+    if free is None or os.environ.get(SKIP_VARIABLE) == "1" or getattr(config, "compile", False):
+        return None  # compiled blocks: the probe would compile them again on the CPU
+    need = estimate_need(model, config, device)
     if need <= free:
         return need
     figure = (f"{stage} at image_size {tuple(config.image_size)}, batch_size {config.batch_size} needs about "
-              f"{need / 2**30:.1f} GiB (float32 estimate) and {torch.device(device)} has {free / 2**30:.1f} GiB free")
+              f"{need / GIB:.1f} GiB (estimate) and {torch.device(device)} has {free / GIB:.1f} GiB free")
     if torch.device(device).type == "cpu":
         raise NotEnoughMemory(f"{figure}: lower image_size or batch_size, or set {SKIP_VARIABLE}=1 to try anyway")
-    import warnings
-
-    warnings.warn(f"{figure}; mixed precision and activation_checkpointing need less, so it may still fit",
-                  stacklevel=2)
+    warnings.warn(f"{figure}; activation_checkpointing or a smaller batch_size needs less", stacklevel=2)
     return need

@@ -122,3 +122,92 @@ def compile_step(step: Callable, enabled: bool, *, what: str = "training step") 
         return step(*args, **kwargs)
 
     return call
+
+
+def apply_activation_checkpointing(model: torch.nn.Module, config, autocast: Autocast) -> list[str] | bool:
+    """Set ``config.activation_checkpointing`` on ``model``'s UNet levels; return what was set
+    (True/False, or the level names). ``"auto"``: the fewest levels, largest first, whose
+    estimated peak fits ``config.checkpoint_budget_gib`` (:mod:`cxrlib.model.memory`, estimated
+    at the config's image size and batch, half the activation bytes under fp16/bf16 autocast)."""
+    from cxrlib.model import set_activation_checkpointing
+    from cxrlib.model.memory import choose_checkpoint_levels
+
+    setting = config.activation_checkpointing
+    if setting == "auto":
+        setting, _ = choose_checkpoint_levels(model, image_size=tuple(config.image_size), batch_size=config.batch_size,
+                                              budget_gib=config.checkpoint_budget_gib, half=autocast.enabled)
+    try:
+        set_activation_checkpointing(model, setting)
+    except ValueError as error:
+        raise ValueError(f"{config.stage}: {error}") from None
+    return setting
+
+
+def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The blocks a network repeats, outermost only: DenseNet's dense blocks, the Res-SE encoder
+    levels, and the decoder's up and block modules (the UNet's DoubleConv levels).
+
+    DenseNet is compiled by dense block, not by dense layer: each layer takes the list of all
+    earlier feature maps, and torch.compile guards on the list's length, so each of DenseNet201's
+    98 layers would be a graph of its own (and past the recompile limit, eager)."""
+    from torchvision.models.densenet import _DenseBlock
+
+    from cxrlib.model.blocks import DoubleConv, ResSEBlock, Up
+
+    kinds = (_DenseBlock, ResSEBlock, DoubleConv, Up)
+    found, inside = [], set()
+    for module in model.modules():
+        if id(module) in inside:
+            continue
+        if isinstance(module, kinds):
+            found.append(module)
+            inside.update(id(m) for m in module.modules())
+    return found  # the decoder's levels are its Up and DoubleConv modules; MT-UNet's encoder uses DoubleConv too
+
+
+def compile_blocks(model: torch.nn.Module, *, what: str = "model", backend: str = "inductor") -> int:
+    """``torch.compile`` each repeated block of ``model`` (`repeated_blocks`) in place of the whole
+    step: blocks of one kind share the compiled code and, where their shapes agree, the graph
+    (parameters are graph inputs), so compilation takes a fraction of the whole step's. The forward of each block is replaced on the instance:
+    module names and state-dict keys stay as they are. Where compilation fails (at the first call,
+    e.g. no C++ compiler), one warning, and every block runs eager from then on. Returns the number
+    of blocks. ``backend``: torch.compile's (the tests use "aot_eager": the same graph capture and
+    autograd, without inductor's code generation, which takes minutes on a small CPU)."""
+    blocks = repeated_blocks(model)
+    state = {"eager": False}
+    # One graph per instance and mode (train/eval, grad/no grad) at most: above dynamo's default of
+    # 8 per code object, the blocks past it would silently run eager.
+    most = max((sum(type(b) is type(a) for b in blocks) for a in blocks), default=0)
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6: old name
+    setattr(config, name, max(getattr(config, name), 4 * most))
+
+    def guarded(module, eager, compiled):
+        def forward(*args, **kwargs):
+            if not state["eager"]:
+                try:
+                    return compiled(*args, **kwargs)
+                except Exception as error:  # noqa: BLE001 - reported, then the eager path runs
+                    first = str(error).splitlines()[0] if str(error) else ""
+                    warnings.warn(f"torch.compile of the {what}'s blocks failed ({type(error).__name__}: {first}); "
+                                  "running eager", stacklevel=2)
+                    state["eager"] = True
+            return eager(*args, **kwargs)
+        return forward
+
+    for module in blocks:
+        eager = module.forward  # the bound class method
+        module.forward = guarded(module, eager, torch.compile(eager, backend=backend))
+    return len(blocks)
+
+
+def compile_setting(model: torch.nn.Module, step: Callable, setting, *, distributed: bool = False) -> Callable:
+    """Apply ``config.compile`` and return the step to call: True or "blocks" compiles the
+    repeated blocks in place (`compile_blocks`) and returns ``step``; "step" compiles the whole
+    step (`compile_step`; not under torchrun, where DDP wraps the step); False changes nothing."""
+    if setting is True or setting == "blocks":
+        compile_blocks(model)
+        return step
+    if setting == "step" and not distributed:
+        return compile_step(step, True)
+    return step

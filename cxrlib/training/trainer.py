@@ -43,7 +43,7 @@ from cxrlib.training.batches import EpochShuffle, loader_workers, progress_bar, 
 from cxrlib.training.checkpoints import LAST, check_resumable, load_weights
 from cxrlib.training.stage_folder import StageFolder
 from cxrlib.training.history import early_stop, epoch_line
-from cxrlib.model import set_activation_checkpointing, set_modes, set_trainable
+from cxrlib.model import set_modes, set_trainable
 from cxrlib.runtime import config_device, rng_state, seed_everything, set_deterministic, set_rng_state
 
 
@@ -98,8 +98,9 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
             self.extra.to(memory_format=torch.channels_last)
         precision.configure_backends(self.device)
-        set_activation_checkpointing(self.model, config.activation_checkpointing)
-        self._step = precision.compile_step(self._eager_step, config.compile and not distributed.is_distributed())
+        self.checkpointed = precision.apply_activation_checkpointing(self.model, config, self.autocast)  # or "auto"
+        self._step = precision.compile_setting(self.model, self._eager_step, config.compile,  # blocks, or the step
+                                               distributed=distributed.is_distributed())
         self.history: list[dict] = []
         self.best_val = math.inf
         self.start_epoch = 0
@@ -283,10 +284,12 @@ class Trainer:
         """Validation loss plus the metrics the outputs allow, in eval mode.
 
         When the loss function returns ``logits`` the macro AUC and accuracy are added; when it
-        returns ``saliency_log`` and the batch has ``saliency``, the mean CC, KLD and SIM.
+        returns ``saliency_log`` and the batch has ``gaze_map``, the mean CC, KLD and SIM, computed
+        batched on the model's device in float64 (equal to the NumPy reference functions).
         ``epoch`` orders the batches under ``val_shuffle``; ``eval_fp32`` turns autocast off.
         """
         from cxrlib import metrics
+        from cxrlib.metrics.torch_saliency import batch_scores_torch
 
         self.model.eval()
         self.extra.eval()
@@ -311,9 +314,11 @@ class Trainer:
                 probs.append(out["logits"].float().softmax(dim=1).cpu())
                 labels.append(batch["label"].cpu())
             if "saliency_log" in out and "gaze_map" in batch:  # the test split's scoring, per image
-                scores = metrics.batch_saliency_scores(out["saliency_log"].float().exp(), batch["gaze_map"].float())
+                # on the model's device, float64 (cxrlib.metrics.torch_saliency): no per-image NumPy loop
+                scores = batch_scores_torch(out["saliency_log"].float().exp(), batch["gaze_map"])
                 for key, values in sal.items():
-                    values += scores[key].tolist()
+                    values.append(scores[key])
+        sal = {key: torch.cat(values).tolist() if values else [] for key, values in sal.items()}
         if distributed.is_distributed():  # every rank computes the metrics of the whole set
             total, count = distributed.sum_across(total, count)
             merged = distributed.concat_across({"probs": probs, "labels": labels, **sal})
