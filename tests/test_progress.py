@@ -3,12 +3,12 @@ only where someone's front end draws it."""
 
 import io
 
-from cxrlib.training import batches
+from cxrlib import progress
 
 
 def test_text_progress_prints_quarters_with_the_postfix():
     out = io.StringIO()
-    bar = batches.TextProgress(iter(range(8)), total=8, desc="stage2 epoch 1/3", stream=out)
+    bar = progress.TextProgress(iter(range(8)), total=8, desc="stage2 epoch 1/3", stream=out)
     for i in bar:
         bar.set_postfix(loss=f"{i / 10:.4f}")
     lines = out.getvalue().splitlines()
@@ -18,12 +18,37 @@ def test_text_progress_prints_quarters_with_the_postfix():
 
 
 def test_headless_kernel_gets_text_and_an_interactive_one_a_widget(monkeypatch):
-    monkeypatch.setattr(batches, "in_kernel", lambda: True)
+    monkeypatch.setattr(progress, "in_kernel", lambda: True)
     monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
     monkeypatch.setenv("CXRLIB_HEADLESS", "1")
-    assert isinstance(batches.progress_bar(range(3), total=3, desc="x", enabled=True), batches.TextProgress)
+    assert isinstance(progress.progress_bar(range(3), total=3, desc="x", enabled=True), progress.TextProgress)
     monkeypatch.delenv("CXRLIB_HEADLESS")
-    bar = batches.progress_bar(range(3), total=3, desc="x", enabled=True)
+    bar = progress.progress_bar(range(3), total=3, desc="x", enabled=True)
     assert type(bar).__module__.startswith("tqdm")  # tqdm.auto: the widget bar in a notebook
     assert list(bar) == [0, 1, 2]
-    assert batches.progress_bar(range(3), total=3, desc="x", enabled=False) == range(3)
+    assert progress.progress_bar(range(3), total=3, desc="x", enabled=False) == range(3)
+
+
+def test_a_counter_advanced_by_hand_prints_the_same_lines(monkeypatch):
+    """The data cache and the CAM scoreboard advance their bar by hand: the same text headless."""
+    monkeypatch.setattr(progress, "in_kernel", lambda: True)
+    monkeypatch.setenv("CXRLIB_HEADLESS", "1")
+    out = io.StringIO()
+    with progress.progress_counter(total=4, desc="scoreboard", enabled=True) as bar:
+        assert isinstance(bar, progress.TextProgress)
+        bar.stream = out
+        bar.update(3)
+        bar.update(1)
+    assert [line.split(",")[0] for line in out.getvalue().splitlines()] == [
+        f"scoreboard: {n}/4 ({p}%)" for n, p in ((1, 25), (2, 50), (3, 75), (4, 100))]
+    assert not hasattr(progress.progress_counter(total=4, desc="x", enabled=False), "stream")
+
+
+def test_the_synthetic_writers_use_the_shared_bar():
+    """No module keeps its own tqdm: a bar written headless would be saved as "0%"."""
+    from pathlib import Path
+
+    root = Path(progress.__file__).parent
+    own = [str(p.relative_to(root)) for p in root.rglob("*.py")
+           if "from tqdm" in p.read_text() and p.name != "progress.py"]
+    assert own == []

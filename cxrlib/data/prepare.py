@@ -112,17 +112,7 @@ def prepare_cache(datasets, *, workers: int | None = None, progress: bool = True
     return result
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _bar(total: int, *, desc: str, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
+    from cxrlib.progress import progress_counter
 
-    return tqdm(total=total, desc=desc)
+    return progress_counter(total=total, desc=desc, enabled=enabled)

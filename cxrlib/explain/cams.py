@@ -183,10 +183,10 @@ def scoreboard(data, methods: dict[str, Callable], *, batch_size: int = 8,
     One row per image and method: ``image`` (position in ``data``), ``dicom_id``, ``label``,
     ``method``, the five metrics, and ``uniform`` (the map is constant, e.g. an all-zero CAM).
     """
-    from tqdm.auto import tqdm
+    from cxrlib.progress import progress_counter
 
     rows = []
-    with tqdm(total=len(data), desc="scoreboard", disable=not progress) as bar:
+    with progress_counter(total=len(data), desc="scoreboard", enabled=progress) as bar:
         for start in range(0, len(data), batch_size):
             samples = [data[i] for i in range(start, min(start + batch_size, len(data)))]
             images = torch.stack([s["image"] for s in samples]).float()  # (B, 1, H, W)

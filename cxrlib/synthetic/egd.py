@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, generate_uid
-from tqdm.auto import tqdm
+from cxrlib.progress import progress_bar
 
 from cxrlib.diskspace import disk_full_error
 from cxrlib.synthetic import anatomy
@@ -192,7 +192,7 @@ def _write_set(out, final, ours, *, n_images, seed, native_size, native_shape, t
     patients: dict[int, dict] = {}
     rows, gaze, fixations, fix_id = [], [], [], 0
 
-    for k in tqdm(rng.permutation(n_images), disable=not progress, desc="synthetic EGD-CXR"):
+    for k in progress_bar(rng.permutation(n_images), total=n_images, desc="synthetic EGD-CXR", enabled=progress):
         r = np.random.default_rng([seed, 1, int(k)])  # one stream per image: order-independent
         pid = int(patient[k])
         if pid in patients:

@@ -41,7 +41,7 @@ import pathlib
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from cxrlib.progress import progress_bar
 
 from cxrlib.synthetic import anatomy
 from cxrlib.synthetic.egd import (dicom_uid, disk_full_reported, hex_id, move_into_place, replaceable_files,
@@ -184,7 +184,7 @@ def _write_set(out, *, n_images, seed, n_readers, native_size, discard_frac, pro
     plan = _reading_plan(rng, n_images, n_readers)
     rows = {1: [], 2: [], 3: []}
     numbers = iter(rng.choice(1_000_000, size=sum(len(who) for _, _, who in plan), replace=False))
-    for k in tqdm(range(n_images), disable=not progress, desc="synthetic REFLACX"):
+    for k in progress_bar(range(n_images), total=n_images, desc="synthetic REFLACX", enabled=progress):
         r = np.random.default_rng([seed, 11, k])
         p = anatomy.draw_patient(r, int(labels[k]), difficulty)
         h = int(r.integers(native_size[0], native_size[1] + 1))

@@ -10,7 +10,8 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cxrlib.training.batches import progress_bar, to_device
+from cxrlib.progress import progress_bar
+from cxrlib.training.batches import to_device
 
 
 @torch.no_grad()

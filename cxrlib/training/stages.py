@@ -309,7 +309,8 @@ def predict(model: nn.Module, data, config, *, progress: bool = True) -> dict:
     map; None for a classifier), ``gaze_map`` (N, H, W: the ground truth), ``fixations`` and ``dicom_id``."""
     from torch.utils.data import DataLoader
 
-    from cxrlib.training.batches import progress_bar, to_device
+    from cxrlib.progress import progress_bar
+    from cxrlib.training.batches import to_device
 
     model.eval()
     device = next(model.parameters()).device

@@ -39,7 +39,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from cxrlib.training import distributed, precision, tensorboard
-from cxrlib.training.batches import EpochShuffle, loader_workers, progress_bar, to_device
+from cxrlib.progress import progress_bar
+from cxrlib.training.batches import EpochShuffle, loader_workers, to_device
 from cxrlib.training.checkpoints import LAST, check_resumable, load_weights
 from cxrlib.training.stage_folder import StageFolder
 from cxrlib.training.history import early_stop, epoch_line
