@@ -104,7 +104,7 @@ def test_a_second_trainer_of_the_same_stage_is_refused(tmp_path):
     finally:
         holder.kill()  # as a killed kernel would: its lock stays behind
         holder.wait()
-    with pytest.warns(UserWarning, match=f"removed the stale lock .*pid {holder.pid}"):
+    with pytest.warns(UserWarning, match=f"took over the stale lock .*pid {holder.pid}"):
         _, history = fit(tmp_path)  # repaired: the stage trains
     assert len(history) == 3 and not (tmp_path / "stage1b" / ".lock").exists()
 
