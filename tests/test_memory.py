@@ -66,3 +66,13 @@ def test_run_stage_refuses_before_training_when_the_estimate_cannot_fit(tmp_path
     with pytest.raises(memory.NotEnoughMemory, match=r"stage1b at image_size \(2048, 2048\)"):
         stages.run_stage(config, data, progress=False)
     assert not (tmp_path / "stage1b" / "best.pt").exists()
+
+
+def test_the_estimate_leaves_the_random_state_as_seeded():
+    """It runs between the seeding and the training: a draw from torch's generator would change the run."""
+    model = build_model("resse_unet", base_width=8)
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    memory.estimate_need(model, config((64, 64)), "cpu")
+    assert torch.equal(torch.rand(4), expected)

@@ -66,8 +66,10 @@ def level_activation_bytes(model: nn.Module, image_size=PROBE_SIZE, batch_size: 
             handles.append(part.register_forward_pre_hook(lambda m, args, name=name: current.append(name)))
             handles.append(part.register_forward_hook(lambda m, args, out: current.pop() and None))  # None: output kept
     try:
-        x = torch.rand(PROBE_BATCH, 1, *PROBE_SIZE)
-        with torch.enable_grad():
+        # the probe draws (its input, the classifier's dropout) from a forked generator: the run's random
+        # state stays as seeded, so a run with the estimate trains exactly as one without
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            x = torch.rand(PROBE_BATCH, 1, *PROBE_SIZE)
             totals = _saved_bytes(probe, x, current)
     finally:
         for h in handles:
