@@ -22,6 +22,13 @@ from cxrlib.config.choices import AMP_DTYPES  # (declared once, with the other c
 
 
 
+def _warn_eager(what: str, error: Exception) -> None:
+    """One warning when compiling failed: what, the error's first line, and that eager runs now."""
+    first = str(error).splitlines()[0] if str(error) else ""
+    warnings.warn(f"torch.compile of the {what} failed ({type(error).__name__}: {first}); running eager",
+                  stacklevel=3)
+
+
 def bf16_native(device: torch.device | str | None = None) -> bool:
     """True when ``device`` is a CUDA GPU with native bf16 tensor cores (compute capability >= 8.0)."""
     device = torch.device(device) if device is not None else torch.device("cuda")
@@ -115,9 +122,7 @@ def compile_step(step: Callable, enabled: bool, *, what: str = "training step") 
             try:
                 return compiled(*args, **kwargs)
             except Exception as error:  # noqa: BLE001 - reported, then the eager path runs
-                first = str(error).splitlines()[0] if str(error) else ""
-                warnings.warn(f"torch.compile of the {what} failed ({type(error).__name__}: {first}); "
-                              "running eager", stacklevel=2)
+                _warn_eager(what, error)
                 current[0] = step
         return step(*args, **kwargs)
 
@@ -188,9 +193,7 @@ def compile_blocks(model: torch.nn.Module, *, what: str = "model", backend: str 
                 try:
                     return compiled(*args, **kwargs)
                 except Exception as error:  # noqa: BLE001 - reported, then the eager path runs
-                    first = str(error).splitlines()[0] if str(error) else ""
-                    warnings.warn(f"torch.compile of the {what}'s blocks failed ({type(error).__name__}: {first}); "
-                                  "running eager", stacklevel=2)
+                    _warn_eager(f"{what}'s blocks", error)
                     state["eager"] = True
             return eager(*args, **kwargs)
         return forward
