@@ -50,7 +50,7 @@ def test_saliency_kl_rejects_bad_targets(bad):
         target[0, 0, 0, 0] = -1
     else:
         target = target[:, :, :2]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="gaze"):  # the message names the gaze map (the truth)
         L.saliency_kl(log_pred, target)
 
 
