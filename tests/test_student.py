@@ -85,7 +85,7 @@ def interrupt_when_training(client, nb, run_dir, stop):
     deadline = time.time() + 240
     while not (run_dir / "stage1b" / "last.pt").is_file() and time.time() < deadline and thread.is_alive():
         time.sleep(0.2)
-    assert thread.is_alive(), "the stage finished before it could be interrupted"
+    assert thread.is_alive(), f"the stage finished before it could be interrupted: {errors}"
     stop(client)
     thread.join(timeout=120)
     return errors

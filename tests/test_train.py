@@ -192,8 +192,18 @@ def test_a_rerun_with_the_same_settings_loads_the_finished_run(stage1b, run_dir,
     assert best.stat().st_mtime_ns == written and "loaded instead of training again" in capsys.readouterr().out
     assert again.history["val_loss"].tolist() == stage1b.history["val_loss"].tolist()
     assert all(torch.equal(a, b) for a, b in zip(_state(again.model).values(), _state(stage1b.model).values()))
-    # the folder's config.json rewritten by a set-up cell does not count: best.pt's own settings do
+    # the folder's config.json rewritten by a set-up cell does not count: the finished run's record does
     config("stage1b", run_dir, init_from="none", lr=5e-3).save(run_dir / "stage1b" / "config.json")
     assert not stages.finished_with(config("stage1b", run_dir, init_from="none", lr=5e-3))
     assert stages.finished_with(config("stage1b", run_dir, init_from="none"))
     assert not stages.finished_with(config("stage1b", run_dir, init_from="none", resume=True))
+    # a resume that ended with other settings than best.pt's epoch: the record of the end counts
+    import json
+
+    record = run_dir / "stage1b" / "finished.json"
+    ended = json.loads(record.read_text())
+    record.write_text(json.dumps({**ended, "epochs": 5}))
+    assert not stages.finished_with(config("stage1b", run_dir, init_from="none"))
+    assert stages.finished_with(config("stage1b", run_dir, init_from="none", epochs=5))
+    record.unlink()  # a folder from before the record: trained again, never taken as finished
+    assert not stages.finished_with(config("stage1b", run_dir, init_from="none"))

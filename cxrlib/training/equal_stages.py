@@ -20,7 +20,7 @@ from cxrlib.config import NOT_WEIGHT_FIELDS as _NOT_WEIGHTS  # equal stages may 
 from cxrlib.training.checkpoints import BEST
 from cxrlib.config.stage_table import has_finetune
 from cxrlib.training.history import ended
-from cxrlib.training.stage_folder import in_progress
+from cxrlib.training.stage_folder import FINISHED, in_progress
 
 
 def _upstream(config_dict: dict) -> Path | None:
@@ -120,13 +120,13 @@ def observed_seconds(config, run_root) -> float | None:
 def finished_with(config) -> bool:
     """``config.stage_dir`` holds a finished run whose weights these settings would give again.
 
-    The settings are read from ``best.pt`` itself, not from the folder's ``config.json``, which a
-    notebook's set-up cell rewrites before training starts. Stage 3 with a fine-tuning phase and a
-    ``resume`` are never taken as finished here: they train."""
-    from cxrlib.training.checkpoints import load_checkpoint
-
+    The finished run's settings are those the trainer recorded when it ended (``finished.json``),
+    not the folder's ``config.json``, which a notebook's set-up cell rewrites before training, nor
+    ``best.pt``'s, which a resume with other settings may leave older. Stage 3 with a fine-tuning
+    phase and a ``resume`` are never taken as finished here: they train."""
     folder = Path(config.stage_dir)
-    if getattr(config, "resume", False) or has_finetune(config) or not stage_complete(folder):
+    record = folder / FINISHED
+    if getattr(config, "resume", False) or has_finetune(config) or not record.is_file() or not stage_complete(folder):
         return False
-    saved = load_checkpoint(folder / BEST, map_location="cpu").get("config")
-    return saved is not None and fingerprint(signature(saved)) == fingerprint(signature(config))
+    saved = json.loads(record.read_text())
+    return fingerprint(signature(saved)) == fingerprint(signature(config))

@@ -21,6 +21,7 @@ from cxrlib import runfolder
 from cxrlib.training.checkpoints import BEST, LAST, atomic_save, load_checkpoint
 
 IN_PROGRESS = "in_progress.json"  # written when a run starts, removed when it has written everything
+FINISHED = "finished.json"  # the settings of the run that finished here (a new run removes it first)
 
 BEST_OPTIMIZER = "best_optimizer.pt"  # reload_best_on_drop only: the best epoch's optimiser state
 
@@ -54,11 +55,15 @@ class StageFolder:
                       f"interrupted run left in {self.folder}")
             runfolder.atomic_write_text(self.folder / IN_PROGRESS,
                                         json.dumps({"pid": os.getpid(), "started": time.time()}))
+            (self.folder / FINISHED).unlink(missing_ok=True)
             yield self
 
-    def finish(self) -> None:
-        """The run wrote all its files: the folder now describes a finished run."""
+    def finish(self, config=None) -> None:
+        """The run wrote all its files: the folder now describes a finished run, whose settings
+        (``config``, as it ended: a resume's too) go to ``finished.json``."""
         if self.writes:
+            if config is not None:
+                runfolder.atomic_write_text(self.folder / FINISHED, json.dumps(config.to_dict(), indent=2))
             (self.folder / IN_PROGRESS).unlink(missing_ok=True)
 
     def load_last(self, map_location) -> dict | None:
@@ -134,8 +139,10 @@ class MemoryFolder:
         self.files[IN_PROGRESS] = stage
         yield self
 
-    def finish(self) -> None:
+    def finish(self, config=None) -> None:
         self.events.append("finish")
+        if config is not None:
+            self.files[FINISHED] = config.to_dict()
         self.files.pop(IN_PROGRESS, None)
 
     def load_last(self, map_location) -> dict | None:

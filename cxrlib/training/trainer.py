@@ -401,7 +401,7 @@ class Trainer:
             self.history[-1]["end"] = self._stop_reason() or "epochs"
         self.load_best()
         self.folder.write_history(self.history)
-        self.folder.finish()  # last: the folder now describes a finished run
+        self.folder.finish(self.config)  # last: the folder now describes a finished run, of these settings
         return pd.DataFrame(self.history)
 
     def load_best(self) -> bool:
