@@ -18,6 +18,8 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
+from cxrlib.progress import progress_counter
+
 _DATASETS: list = []  # the data sets of a worker process (set by its initialiser)
 
 
@@ -82,7 +84,8 @@ def prepare_cache(datasets, *, workers: int | None = None, progress: bool = True
               "workers": workers, "seconds": 0.0, "samples_per_s": float("nan")}
     if not todo:
         return result
-    bar = _bar(len(todo), desc=f"{desc} ({workers or 'no'} worker{'s' if workers != 1 else ''})", enabled=progress)
+    bar = progress_counter(total=len(todo), desc=f"{desc} ({workers or 'no'} worker{'s' if workers != 1 else ''})",
+                           enabled=progress)
     started = time.perf_counter()
     cpu = 0.0
     if workers == 0:
@@ -110,9 +113,3 @@ def prepare_cache(datasets, *, workers: int | None = None, progress: bool = True
     # machine shared with other work, fewer than the workers)
     result["cpu_seconds"], result["cores_used"] = cpu, cpu / result["seconds"]
     return result
-
-
-def _bar(total: int, *, desc: str, enabled: bool):
-    from cxrlib.progress import progress_counter
-
-    return progress_counter(total=total, desc=desc, enabled=enabled)
