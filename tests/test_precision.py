@@ -189,6 +189,34 @@ def test_compiled_blocks_give_the_eager_outputs_and_gradients():
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
 
 
+def test_dense_layers_compile_one_by_one_and_share_their_graph():
+    """DenseNet's blocks are compiled layer by layer, each layer given one concatenated tensor:
+    the outputs, gradients and BatchNorm statistics equal eager's, the keys stay, and the seven
+    layers of two blocks (each layer another channel count) share far fewer graphs than seven."""
+    import torchvision
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    eager = torchvision.models.DenseNet(growth_rate=4, block_config=(3, 4), num_init_features=8, bn_size=2,
+                                        num_classes=3)
+    compiled = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    counters.clear()
+    assert precision.compile_blocks(compiled, backend="aot_eager") == 7  # the seven dense layers
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    x = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(1))
+    out_e, out_c = eager(x), compiled(x)
+    out_e.square().sum().backward()
+    out_c.square().sum().backward()
+    assert torch.allclose(out_e, out_c, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
+    for (name, b), c in zip(eager.named_buffers(), compiled.buffers()):
+        assert torch.equal(b, c), name
+    assert counters["stats"]["unique_graphs"] <= 3
+    assert torch._dynamo.config.force_parameter_static_shapes  # the switch was scoped to those calls
+
+
 def test_block_compile_failure_falls_back_to_eager_once(monkeypatch):
     def broken(fn, **kwargs):
         def call(*a, **k):

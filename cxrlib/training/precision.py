@@ -152,9 +152,11 @@ def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The blocks a network repeats, outermost only: DenseNet's dense blocks, the Res-SE encoder
     levels, and the decoder's up and block modules (the UNet's DoubleConv levels).
 
-    DenseNet is compiled by dense block, not by dense layer: each layer takes the list of all
-    earlier feature maps, and torch.compile guards on the list's length, so each of DenseNet201's
-    98 layers would be a graph of its own (and past the recompile limit, eager)."""
+    `compile_blocks` compiles a dense block layer by layer (`_layerwise_dense_block`): torchvision
+    hands each layer the list of all earlier feature maps, and torch.compile guards on a list's
+    length, so each of DenseNet201's 98 layers would be a graph of its own; compiling the block
+    whole unrolls up to 48 layers into one graph, which took over ten minutes to compile on a
+    2-core CPU."""
     from torchvision.models.densenet import _DenseBlock
 
     from cxrlib.model.blocks import DoubleConv, ResSEBlock, Up
@@ -170,6 +172,27 @@ def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return found  # the decoder's levels are its Up and DoubleConv modules; MT-UNet's encoder uses DoubleConv too
 
 
+def _layerwise_dense_block(block: torch.nn.Module) -> list[torch.nn.Module] | None:
+    """Give a torchvision ``_DenseBlock`` a forward that concatenates the earlier maps before each
+    layer, so that every layer receives one tensor instead of a list, and return its layers to be
+    compiled one by one. The numbers are the same (the layer would concatenate the same maps
+    itself); with the channel count as a dynamic size, DenseNet201's 98 layers share one graph per
+    mode. None for a ``memory_efficient`` block: there the list is the point (the concatenation is
+    recomputed in the backward pass, not stored), so the block is compiled whole."""
+    layers = list(block.values())
+    if any(getattr(layer, "memory_efficient", False) for layer in layers):
+        return None
+
+    def forward(init_features: torch.Tensor) -> torch.Tensor:
+        features = [init_features]
+        for layer in layers:
+            features.append(layer(torch.cat(features, 1)))
+        return torch.cat(features, 1)
+
+    block.forward = forward
+    return layers
+
+
 def compile_blocks(model: torch.nn.Module, *, what: str = "model", backend: str = "inductor") -> int:
     """``torch.compile`` each repeated block of ``model`` (`repeated_blocks`) in place of the whole
     step: blocks of one kind share the compiled code and, where their shapes agree, the graph
@@ -178,7 +201,13 @@ def compile_blocks(model: torch.nn.Module, *, what: str = "model", backend: str 
     e.g. no C++ compiler), one warning, and every block runs eager from then on. Returns the number
     of blocks. ``backend``: torch.compile's (the tests use "aot_eager": the same graph capture and
     autograd, without inductor's code generation, which takes minutes on a small CPU)."""
-    blocks = repeated_blocks(model)
+    from torchvision.models.densenet import _DenseBlock
+
+    blocks, dynamic = [], set()
+    for block in repeated_blocks(model):
+        layers = _layerwise_dense_block(block) if isinstance(block, _DenseBlock) else None
+        blocks += layers or [block]
+        dynamic.update(id(layer) for layer in layers or ())
     state = {"eager": False}
     # One graph per instance and mode (train/eval, grad/no grad) at most: above dynamo's default of
     # 8 per code object, the blocks past it would silently run eager.
@@ -200,8 +229,23 @@ def compile_blocks(model: torch.nn.Module, *, what: str = "model", backend: str 
 
     for module in blocks:
         eager = module.forward  # the bound class method
-        module.forward = guarded(module, eager, torch.compile(eager, backend=backend))
+        if id(module) in dynamic:
+            compiled = _with_dynamic_channels(torch.compile(eager, backend=backend, dynamic=True))
+        else:
+            compiled = torch.compile(eager, backend=backend)
+        module.forward = guarded(module, eager, compiled)
     return len(blocks)
+
+
+def _with_dynamic_channels(compiled: Callable) -> Callable:
+    """Call ``compiled`` with the channel count left symbolic: by default dynamo takes the shapes of
+    parameters and buffers as constants, and BatchNorm's running mean then pins the input's channel
+    count, so each dense layer (each has another) would compile a graph of its own. The switches
+    apply only while these calls trace, not to other compiled code in the process."""
+    config = torch._dynamo.config
+    switches = {name: False for name in ("force_parameter_static_shapes", "force_nn_module_property_static_shapes")
+                if hasattr(config, name)}
+    return config.patch(**switches)(compiled) if switches else compiled
 
 
 def compile_setting(model: torch.nn.Module, step: Callable, setting, *, distributed: bool = False) -> Callable:
