@@ -98,8 +98,8 @@ def draw_network(stage: str, image_size, *, trained=None, base_width: int = 64,
         trained = STAGES[stage].trained_parts(make_config(stage))  # the registry, at the stage's defaults
     trained = set(trained)
     linear_head = STAGE_TABLE.get(stage) is not None and STAGE_TABLE[stage].head == "linear"
-    if linear_head:  # its "classifier" is a Linear(1920 -> 3) on DenseNet, not the fusion head
-        trained.discard("classifier")
+    if linear_head:  # its Linear(1920 -> 3) on DenseNet is not in the dual network drawn here
+        trained.discard("linear_head")
     unknown = trained - set(_COLOURS)
     if unknown:
         raise ValueError(f"unknown part(s) {sorted(unknown)}; parts: {list(_COLOURS)}")

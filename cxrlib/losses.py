@@ -25,23 +25,23 @@ from cxrlib.config.choices import CONTRASTIVE_LOSSES as _LOSS_NAMES, TRIPLET_RED
 _PAIRWISE_EPS = 1e-6
 
 
-def saliency_kl(log_pred: torch.Tensor, gaze_map: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def saliency_kl(saliency_log: torch.Tensor, gaze_map: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """KL(gaze map || prediction) summed over pixels, mean over the batch (docs/method.md, section 3).
 
     Follows the paper's code: ``KLDivLoss(reduction="batchmean")`` with the prediction a
     log-softmax over all pixels and the gaze map normalised to sum 1 per image.
 
     Args:
-        log_pred: (B, 1, H, W) log-probabilities over the pixels of each image.
+        saliency_log: (B, 1, H, W) log-probabilities over the pixels of each image.
         gaze_map: (B, 1, H, W) non-negative maps, the truth (any scale; normalised here).
         eps: a gaze map whose pixel sum is <= eps is treated as empty.
 
     Raises:
         ValueError: shapes differ, a gaze map has a negative value, or sums to (about) zero.
     """
-    if log_pred.shape != gaze_map.shape:
-        raise ValueError(f"log_pred {tuple(log_pred.shape)} != gaze_map {tuple(gaze_map.shape)}")
-    log_p = log_pred.float().flatten(1)  # (B, H*W); float32 also under autocast
+    if saliency_log.shape != gaze_map.shape:
+        raise ValueError(f"saliency_log {tuple(saliency_log.shape)} != gaze_map {tuple(gaze_map.shape)}")
+    log_p = saliency_log.float().flatten(1)  # (B, H*W); float32 also under autocast
     t = gaze_map.float().flatten(1)
     sums = t.sum(dim=1, keepdim=True)  # (B, 1)
     # One host sync for both checks.

@@ -122,13 +122,14 @@ def test_eval_split_and_kld_eps_reach_the_variant_evaluation(ran, root, monkeypa
     bundle = ablation.DataCache().get_for(make_config("stage3", "smoke", **TINY), root, progress=False)
     seen = {}
 
-    def record(pred, **kwargs):  # the smoke set's validation split is too small for the bootstrap
-        seen.update(kwargs, ids=list(pred["dicom_id"]), maps=pred["saliency"].shape)
-        return {"eval_split": kwargs["eval_split"], "n_test": len(pred["labels"])}
+    def record(predictions, **kwargs):  # the smoke set's validation split is too small for the bootstrap
+        seen.update(kwargs, ids=list(predictions["dicom_id"]), maps=predictions["predicted_map"].shape)
+        return {"eval_split": kwargs["eval_split"], "n_test": len(predictions["labels"])}
 
     with monkeypatch.context() as patch:
         patch.setattr(ablation.evaluate, "evaluate_predictions", record)
-        patch.setattr(ablation, "per_image_table", lambda pred, **kw: pd.DataFrame({"dicom_id": pred["dicom_id"]}))
+        patch.setattr(ablation, "per_image_table",
+                      lambda predictions, **kw: pd.DataFrame({"dicom_id": predictions["dicom_id"]}))
         with pytest.warns(UserWarning, match="optimistic"):
             val = ablation.run_variant("no_fusion", "smoke", seed=0, run_root=root, eval_split="val", **quiet, **TINY)
     assert seen["eval_split"] == "val" and seen["ids"] == list(bundle.val.sheet["dicom_id"]) != list(bundle.test.sheet["dicom_id"])

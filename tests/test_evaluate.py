@@ -11,9 +11,9 @@ def hand_case():
     probs = np.array([[0.50, 0.30, 0.20], [0.40, 0.45, 0.15], [0.10, 0.80, 0.10], [0.20, 0.10, 0.70]])
     labels = np.array([0, 0, 1, 2])
     one_hot = np.eye(4).reshape(4, 2, 2)  # (N, 2, 2) maps, all mass on one pixel
-    target = one_hot.copy()
-    saliency = one_hot[[0, 1, 3, 2]]  # images 0, 1 exact; images 2, 3 on another pixel
-    return {"probs": probs, "labels": labels, "gaze_map": target, "saliency": saliency,
+    gaze_maps = one_hot.copy()
+    predicted_maps = one_hot[[0, 1, 3, 2]]  # images 0, 1 exact; images 2, 3 on another pixel
+    return {"probs": probs, "labels": labels, "gaze_map": gaze_maps, "predicted_map": predicted_maps,
             "fixations": [np.array([[i % 2, i // 2]], dtype=float) for i in range(4)],  # (x, y) on the target
             "dicom_id": ["a", "b", "c", "d"]}
 

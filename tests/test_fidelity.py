@@ -151,8 +151,8 @@ def test_frozen_bn_train_turns_feature_reuse_off(stage):
     assert stages.feature_reuse(make_config(stage, "smoke", frozen_bn="train")) is None
 
 
-@pytest.mark.parametrize("probe,parts", [(False, ("densenet", "classifier")), (True, ("classifier",))])
-def test_linear_probe_trains_only_the_classifier(probe, parts):
+@pytest.mark.parametrize("probe,parts", [(False, ("densenet", "linear_head")), (True, ("linear_head",))])
+def test_linear_probe_trains_only_the_linear_head(probe, parts):
     config = make_config("stage1b", "smoke", linear_probe=probe)
     assert stages.STAGES["stage1b"].trained_parts(config) == parts
 
@@ -219,14 +219,14 @@ def test_evaluation_records_its_split_and_the_comparison_reads_it():
     rng = np.random.default_rng(0)
     labels = np.arange(12) % 3
     probs = rng.dirichlet(np.ones(3), 12)
-    target = rng.random((12, 8, 8)) + 0.1
-    pred = {"probs": probs, "labels": labels, "saliency": target[::-1].copy(), "gaze_map": target,
-            "fixations": [np.array([[3.0, 4.0]])] * 12}
-    result = evaluate.evaluate_predictions(pred, n_boot=20, eval_split="val", kld_eps=0.0)
+    gaze_maps = rng.random((12, 8, 8)) + 0.1
+    predictions = {"probs": probs, "labels": labels, "predicted_map": gaze_maps[::-1].copy(), "gaze_map": gaze_maps,
+                   "fixations": [np.array([[3.0, 4.0]])] * 12}
+    result = evaluate.evaluate_predictions(predictions, n_boot=20, eval_split="val", kld_eps=0.0)
     assert result["eval_split"] == "val" and "OPTIMISTIC" in result["split"]
     table = evaluate.paper_comparison(result, data_label="synthetic").set_index("metric")
     assert "validation split" in table.loc["auc_micro", "this run's data"]
-    exact = np.mean([metrics.kld(p, t, eps=0) for p, t in zip(pred["saliency"], target)])
+    exact = np.mean([metrics.kld(p, g, eps=0) for p, g in zip(predictions["predicted_map"], gaze_maps)])
     assert result["saliency"]["kld"] == pytest.approx(exact)
 
 

@@ -59,7 +59,7 @@ def test_forward_head_pre_logits_and_features(name, fused):
 PARTS = {"dual": ["densenet", "res_se", "decoder", "saliency_head", "classifier"],
          "mtunet": ["encoder", "decoder", "saliency_head", "classifier"],
          "resse_unet": ["encoder", "decoder", "saliency_head", "classifier"],
-         "densenet": ["densenet", "classifier"]}
+         "densenet": ["densenet", "linear_head"]}
 
 
 @pytest.mark.parametrize("name", M.MODEL_NAMES)
@@ -162,6 +162,44 @@ def test_densenet_classifier_keys_load_into_dual_strictly():
     assert set(part) == set(dual.densenet.state_dict())
     dual.densenet.load_state_dict(part, strict=True)
     assert torch.equal(dual.densenet.features.conv0.weight, cls.densenet.features.conv0.weight)
+
+
+def _before_the_rename(state: dict) -> dict:
+    """A stage-1b state dict as written before its Linear head was renamed (``classifier.*``)."""
+    return {re.sub(r"^linear_head\.", "classifier.", k): v for k, v in state.items()}
+
+
+def test_a_densenet_checkpoint_with_the_old_head_keys_loads_and_gives_the_same_logits(tmp_path):
+    from cxrlib.training.checkpoints import atomic_save, load_checkpoint, load_init, load_weights
+
+    old = tiny("densenet").eval()
+    state = _before_the_rename(old.state_dict())
+    assert {"classifier.weight", "classifier.bias"} <= set(state) and not any("linear_head" in k for k in state)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        expected = old(x)["logits"]
+    atomic_save({"model": state}, tmp_path / "best.pt")
+    loaders = {"load_state_dict": lambda m: m.load_state_dict(state),
+               "load_weights": lambda m: load_weights(m, load_checkpoint(tmp_path / "best.pt"), "old"),
+               "load_init": lambda m: load_init(m, tmp_path / "best.pt")}
+    for name, load in loaders.items():
+        torch.manual_seed(1)
+        new = M.build_model("densenet", **TINY["densenet"]).eval()
+        load(new)
+        with torch.no_grad():
+            assert torch.equal(new(x)["logits"], expected), name
+    assert set(state) == set(_before_the_rename(old.state_dict()))  # the caller's dict is left as it was
+
+
+def test_predicted_maps_are_the_exp_of_saliency_log_summing_to_one():
+    net = tiny("dual").eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, 1, 64, 64))
+    for dtype in (torch.float32, torch.float64):
+        maps = M.predicted_maps(out, dtype=dtype)
+        assert maps.shape == (2, 64, 64) and maps.dtype == dtype
+        torch.testing.assert_close(maps.sum(dim=(1, 2)), torch.ones(2, dtype=dtype))
+        torch.testing.assert_close(maps, out["saliency_log"][:, 0].to(dtype).exp(), rtol=1e-5, atol=0)
 
 
 def test_sum_stem_equals_repeat_stem(tmp_path):

@@ -47,7 +47,7 @@ def test_softmax_maps_and_exact_kl_with_zeros():
             np.testing.assert_allclose(got[key].numpy(), ref[key].to_numpy(), atol=1e-5, rtol=0, err_msg=key)
 
 
-@pytest.mark.parametrize("bad, message", [(np.nan, "NaN or inf"), (-1.0, "pred has negative values")])
+@pytest.mark.parametrize("bad, message", [(np.nan, "NaN or inf"), (-1.0, "predicted_map has negative values")])
 def test_bad_maps_raise_like_the_reference(bad, message):
     pred, gt, _ = _maps((2, 6, 6), seed=3)
     pred[1, 2, 2] = bad

@@ -131,12 +131,12 @@ class PeakMemory:
             self.mib = max(0.0, self._rss_kib(peak=True) - self.start) / 1024
 
 
-def _losses(out: dict, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """CE on logits plus KL(target || prediction) on the saliency map (docs/method.md section 3)."""
+def _losses(out: dict, y: torch.Tensor, gaze_map: torch.Tensor) -> torch.Tensor:
+    """CE on logits plus KL(gaze_map || prediction) on the saliency map (docs/method.md section 3)."""
     loss = F.cross_entropy(out["logits"].float(), y)
     if "saliency_log" in out:
         log_p = out["saliency_log"].float().flatten(1)
-        loss = loss + F.kl_div(log_p, target.flatten(1), reduction="batchmean")
+        loss = loss + F.kl_div(log_p, gaze_map.flatten(1), reduction="batchmean")
     return loss
 
 
@@ -158,8 +158,8 @@ def _bench_one(name, *, image_size, batch_size, device, steps, warmup, autocast,
     cl = precision.use_channels_last(device, channels_last)
     x = precision.to_memory_format(torch.rand(batch_size, 1, h, w, generator=gen).to(device), cl)
     y = torch.randint(0, 3, (batch_size,), generator=gen).to(device)
-    target = torch.rand(batch_size, 1, h, w, generator=gen)
-    target = (target / target.sum(dim=(2, 3), keepdim=True)).to(device)  # sums to 1 per image
+    gaze_map = torch.rand(batch_size, 1, h, w, generator=gen)
+    gaze_map = (gaze_map / gaze_map.sum(dim=(2, 3), keepdim=True)).to(device)  # sums to 1 per image
     kwargs = {"base_width": base_width} if "base_width" in NETWORK_FIELDS.get(name, ()) else {}
     precision.configure_backends(device)
 
@@ -180,7 +180,7 @@ def _bench_one(name, *, image_size, batch_size, device, steps, warmup, autocast,
 
         def train_step():
             with torch.autocast(device.type, dtype=autocast.dtype, enabled=autocast.enabled):
-                loss = _losses(forward(x), y, target)
+                loss = _losses(forward(x), y, gaze_map)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

@@ -36,8 +36,8 @@ def _random_samples(config, n: int, seed: int = 0) -> list[dict]:
     h, w = config.image_size
     samples = []
     for i in range(n):
-        target = torch.rand(1, h, w, generator=gen)
-        samples.append({"image": torch.rand(1, h, w, generator=gen), "gaze_map": target / target.sum(),
+        gaze_map = torch.rand(1, h, w, generator=gen)
+        samples.append({"image": torch.rand(1, h, w, generator=gen), "gaze_map": gaze_map / gaze_map.sum(),
                         "label": i % 3})
     return samples
 

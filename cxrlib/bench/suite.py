@@ -68,10 +68,10 @@ def evaluation_cost(device, image_size, n_maps: int = 16) -> dict:
 
     gen = torch.Generator().manual_seed(0)
     h, w = image_size
-    pred = torch.randn(n_maps, 1, h * w, generator=gen).softmax(-1).view(n_maps, 1, h, w).to(device)
-    gt = torch.rand(n_maps, 1, h, w, generator=gen).to(device)
-    numpy_s = _time(lambda: batch_saliency_scores(pred.float().cpu(), gt.float().cpu()), device)
-    torch_s = _time(lambda: batch_scores_torch(pred, gt), device)
+    predicted_maps = torch.randn(n_maps, 1, h * w, generator=gen).softmax(-1).view(n_maps, 1, h, w).to(device)
+    gaze_maps = torch.rand(n_maps, 1, h, w, generator=gen).to(device)
+    numpy_s = _time(lambda: batch_saliency_scores(predicted_maps.float().cpu(), gaze_maps.float().cpu()), device)
+    torch_s = _time(lambda: batch_scores_torch(predicted_maps, gaze_maps), device)
     return {"numpy_s_per_image": numpy_s / n_maps, "torch_s_per_image": torch_s / n_maps, "n_maps": n_maps}
 
 

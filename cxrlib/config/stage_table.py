@@ -19,10 +19,10 @@ class StageFacts:
     """One stage. ``upstream``: the stage whose best checkpoint initialises it by default (the
     config's ``init_from`` default; for a notebook, the model it reads). ``network``: the
     network it trains (``None`` for a joint stage: its config's ``model`` field). ``head``:
-    what its ``classifier`` part is (``"linear"``: a Linear(1920 -> 3) on DenseNet, ``"fusion"``:
-    the fusion head). ``finetune``: a second phase (``mode="finetune"``, ``finetune_epochs``)
-    trains every part with the joint stage's set-up. ``chain``: one of the cooperative stages
-    1a -> 1b -> 2 -> 3, in order."""
+    its classification head (``"linear"``: the part ``linear_head``, a Linear(1920 -> 3) on
+    DenseNet; ``"fusion"``: the part ``classifier``, the fusion head). ``finetune``: a second
+    phase (``mode="finetune"``, ``finetune_epochs``) trains every part with the joint stage's
+    set-up. ``chain``: one of the cooperative stages 1a -> 1b -> 2 -> 3, in order."""
 
     name: str
     kind: str

@@ -18,8 +18,8 @@ class Variant:
     label: str
     claim: str  # what comparing it with the full method tests
     chain: tuple  # ((stage, config overrides), ...), trained in order
-    classifier: str  # the stage whose model gives the diagnosis
-    saliency: str  # the stage whose model gives the map; "gradcam": Grad-CAM of `classifier`
+    diagnosis_from: str  # the stage whose model gives the diagnosis
+    map_from: str  # the stage whose model gives the predicted map; "gradcam": Grad-CAM of `diagnosis_from`
 
 
 _COOPERATIVE = tuple((stage, {}) for stage in CHAIN)  # stages 1a -> 1b -> 2 -> 3
@@ -65,8 +65,8 @@ def describe_variants(names=None) -> "pd.DataFrame":
     def chain(v):
         return " -> ".join(stage + "".join(f" ({k}={val})" for k, val in o.items()) for stage, o in v.chain)
 
-    return pd.DataFrame([{"variant": n, "label": v.label, "stages": chain(v), "diagnosis from": v.classifier,
-                          "map from": "Grad-CAM of " + v.classifier if v.saliency == "gradcam" else v.saliency,
+    return pd.DataFrame([{"variant": n, "label": v.label, "stages": chain(v), "diagnosis from": v.diagnosis_from,
+                          "map from": "Grad-CAM of " + v.diagnosis_from if v.map_from == "gradcam" else v.map_from,
                           "tests": v.claim} for n, v in VARIANTS.items() if names is None or n in names])
 
 

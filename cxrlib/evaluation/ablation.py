@@ -134,7 +134,7 @@ def ensure_stage(config, sig: dict, run_root, data, *, progress=True, log=print)
 
 
 # -- evaluation ----------------------------------------------------------------------------
-def gradcam_saliency(model, dataset, config) -> np.ndarray:
+def gradcam_maps(model, dataset, config) -> np.ndarray:
     """Grad-CAM (predicted class, last dense block) of every image, as (N, H, W) distributions."""
     from torch.utils.data import DataLoader
 
@@ -142,13 +142,14 @@ def gradcam_saliency(model, dataset, config) -> np.ndarray:
     return np.concatenate([cams.cam_maps(model, batch["image"], method="gradcam") for batch in loader])
 
 
-def per_image_table(pred: dict, *, kld_eps: float = metrics.EPS):
+def per_image_table(predictions: dict, *, kld_eps: float = metrics.EPS):
     """One row per scored image: id, label, class probabilities and the five saliency scores."""
-    table = evaluate.saliency_table(pred["saliency"], pred["gaze_map"], pred["fixations"], kld_eps=kld_eps)
-    table.insert(0, "dicom_id", list(pred["dicom_id"]))
-    table.insert(1, "label", np.asarray(pred["labels"]))
+    table = evaluate.saliency_table(predictions["predicted_map"], predictions["gaze_map"], predictions["fixations"],
+                                    kld_eps=kld_eps)
+    table.insert(0, "dicom_id", list(predictions["dicom_id"]))
+    table.insert(1, "label", np.asarray(predictions["labels"]))
     for c, name in enumerate(CLASS_NAMES):
-        table[f"prob_{name}"] = pred["probs"][:, c]
+        table[f"prob_{name}"] = predictions["probs"][:, c]
     return table
 
 
@@ -157,21 +158,23 @@ def evaluate_variant(name: str, configs: list, run_root, data, *, progress=True)
     code's optimistic validation split): metrics (as ``metrics.json``) and per image."""
     variant = VARIANTS[name]
     by_stage = {c.stage: c for c in configs}
-    clf_cfg = by_stage[variant.classifier]
+    clf_cfg = by_stage[variant.diagnosis_from]
     scored, _ = evaluate.eval_dataset(_cached(data, clf_cfg, run_root, progress), clf_cfg)
-    classifier = stages.load_stage_model(clf_cfg, clf_cfg.stage)
-    pred = stages.predict(classifier, scored, clf_cfg, progress=progress)
-    if variant.saliency == "gradcam":
-        pred["saliency"] = gradcam_saliency(classifier, scored, clf_cfg)
-    elif variant.saliency != variant.classifier:
-        sal_cfg = by_stage[variant.saliency]
-        sal_scored, _ = evaluate.eval_dataset(_cached(data, sal_cfg, run_root, progress), sal_cfg)
-        maps = stages.predict(stages.load_stage_model(sal_cfg, sal_cfg.stage), sal_scored, sal_cfg, progress=progress)
-        assert list(maps["dicom_id"]) == list(pred["dicom_id"]), "both models must see the same images"
-        pred["saliency"] = maps["saliency"]
-    report = evaluate.evaluate_predictions(pred, n_boot=clf_cfg.n_boot, seed=clf_cfg.seed, kld_eps=clf_cfg.kld_eps,
-                                           eval_split=clf_cfg.eval_split)
-    return report, per_image_table(pred, kld_eps=clf_cfg.kld_eps)
+    diagnosis_model = stages.load_stage_model(clf_cfg, clf_cfg.stage)
+    predictions = stages.predict(diagnosis_model, scored, clf_cfg, progress=progress)
+    if variant.map_from == "gradcam":
+        predictions["predicted_map"] = gradcam_maps(diagnosis_model, scored, clf_cfg)
+    elif variant.map_from != variant.diagnosis_from:
+        map_cfg = by_stage[variant.map_from]
+        map_scored, _ = evaluate.eval_dataset(_cached(data, map_cfg, run_root, progress), map_cfg)
+        map_predictions = stages.predict(stages.load_stage_model(map_cfg, map_cfg.stage), map_scored, map_cfg,
+                                         progress=progress)
+        assert list(map_predictions["dicom_id"]) == list(predictions["dicom_id"]), \
+            "both models must see the same images"
+        predictions["predicted_map"] = map_predictions["predicted_map"]
+    report = evaluate.evaluate_predictions(predictions, n_boot=clf_cfg.n_boot, seed=clf_cfg.seed,
+                                           kld_eps=clf_cfg.kld_eps, eval_split=clf_cfg.eval_split)
+    return report, per_image_table(predictions, kld_eps=clf_cfg.kld_eps)
 
 
 def run_variant(name: str, profile: str = "smoke", *, seed: int = 0, run_root=None, data=None,
@@ -192,7 +195,7 @@ def run_variant(name: str, profile: str = "smoke", *, seed: int = 0, run_root=No
     rows = [ensure_stage(c, sig, run_root, data, progress=progress, log=log)
             for c, sig in zip(configs, chain_signatures(configs))]
     last = configs[-1]
-    fp = fingerprint({"variant": name, "eval": [VARIANTS[name].classifier, VARIANTS[name].saliency],
+    fp = fingerprint({"variant": name, "eval": [VARIANTS[name].diagnosis_from, VARIANTS[name].map_from],
                       "eval_split": last.eval_split, "kld_eps": last.kld_eps,
                       "stages": [r["fingerprint"] for r in rows]})
     path = folder / "metrics.json"

@@ -54,17 +54,17 @@ def eval_dataset(data, config):
     return (data.val if split == "val" else data.test), EVAL_SPLITS[split]
 
 
-def saliency_table(pred_maps, gaze_maps, fixations, *, kld_eps: float = metrics.EPS) -> "pd.DataFrame":
+def saliency_table(predicted_maps, gaze_maps, fixations, *, kld_eps: float = metrics.EPS) -> "pd.DataFrame":
     """Per-image CC, KLD, SIM, NSS, AUC-Judd (fixation maps built from the output-pixel points).
 
     ``kld_eps``: the KLD's eps (`metrics.kld`; 0 is the exact KL of the paper's code)."""
     shape = gaze_maps.shape[1:]
     fix = [metrics.fixation_map_from_points(p, shape) if len(p) else None for p in fixations]
     fix = [f if f is not None and f.any() else None for f in fix]
-    return _scores_batched(pred_maps, gaze_maps, fix, kld_eps=kld_eps)
+    return _scores_batched(predicted_maps, gaze_maps, fix, kld_eps=kld_eps)
 
 
-def _scores_batched(pred_maps, gaze_maps, fix, *, kld_eps: float) -> "pd.DataFrame":
+def _scores_batched(predicted_maps, gaze_maps, fix, *, kld_eps: float) -> "pd.DataFrame":
     """`metrics.batch_saliency_scores` computed batched in torch (float64, equal to it to 1e-5):
     one call instead of a Python loop over test images; an image without fixations gets NaN."""
     import pandas as pd
@@ -72,11 +72,11 @@ def _scores_batched(pred_maps, gaze_maps, fix, *, kld_eps: float) -> "pd.DataFra
 
     from cxrlib.metrics.torch_saliency import batch_scores_torch
 
-    pred, gaze = torch.as_tensor(np.asarray(pred_maps)), torch.as_tensor(np.asarray(gaze_maps))
+    predicted, gaze = torch.as_tensor(np.asarray(predicted_maps)), torch.as_tensor(np.asarray(gaze_maps))
     fixation = None
     if any(f is not None for f in fix):
         fixation = torch.as_tensor(np.stack([np.zeros(gaze.shape[-2:], np.uint8) if f is None else f for f in fix]))
-    scores = batch_scores_torch(pred, gaze, fixation, kld_eps=kld_eps)
+    scores = batch_scores_torch(predicted, gaze, fixation, kld_eps=kld_eps)
     return pd.DataFrame({k: v.cpu().numpy() for k, v in scores.items()})
 
 
@@ -95,16 +95,16 @@ def _with_ci(table, *, n_boot: int, seed: int) -> dict:
     return out
 
 
-def evaluate_predictions(pred: dict, *, n_boot: int = 1000, seed: int = 0, kld_eps: float = metrics.EPS,
+def evaluate_predictions(predictions: dict, *, n_boot: int = 1000, seed: int = 0, kld_eps: float = metrics.EPS,
                          eval_split: str = "test") -> dict:
     """Metrics of ``stages.predict`` output: classification, saliency and the centre baseline.
 
     ``kld_eps``: the KLD metric's eps (config ``kld_eps``; 0: the exact KL of the paper's code).
-    ``eval_split``: the split ``pred`` comes from (`eval_dataset`), recorded in the result with its
+    ``eval_split``: the split ``predictions`` come from (`eval_dataset`), recorded in the result with its
     label so that `paper_comparison` and ``metrics.json`` say which split was scored."""
     if eval_split not in EVAL_SPLITS:
         raise ValueError(f"eval_split must be one of {tuple(EVAL_SPLITS)}, got {eval_split!r}")
-    probs, labels = pred["probs"], pred["labels"]
+    probs, labels = predictions["probs"], predictions["labels"]
     scores = metrics.classification_scores(probs, labels)
     classification = {k: v for k, v in scores.items()}
     for key, fn in (("auc_macro", lambda p, y: metrics.classification_scores(p, y)["auc_macro"]),
@@ -115,12 +115,12 @@ def evaluate_predictions(pred: dict, *, n_boot: int = 1000, seed: int = 0, kld_e
         classification[f"{key}_ci"] = [float(low), float(high)]
     result = {"classification": jsonable(classification), "n_test": int(len(labels)),
               "eval_split": eval_split, "split": EVAL_SPLITS[eval_split]}
-    target = pred["gaze_map"]
-    if pred.get("saliency") is not None:
-        table = saliency_table(pred["saliency"], target, pred["fixations"], kld_eps=kld_eps)
+    gaze_maps, fixations = predictions["gaze_map"], predictions["fixations"]
+    if predictions.get("predicted_map") is not None:
+        table = saliency_table(predictions["predicted_map"], gaze_maps, fixations, kld_eps=kld_eps)
         result["saliency"] = _with_ci(table, n_boot=n_boot, seed=seed)
-    centre = np.broadcast_to(metrics.centre_bias_map(target.shape[1:]), target.shape)
-    result["baseline_centre"] = _with_ci(saliency_table(centre, target, pred["fixations"], kld_eps=kld_eps),
+    centre = np.broadcast_to(metrics.centre_bias_map(gaze_maps.shape[1:]), gaze_maps.shape)
+    result["baseline_centre"] = _with_ci(saliency_table(centre, gaze_maps, fixations, kld_eps=kld_eps),
                                          n_boot=n_boot, seed=seed)
     return result
 

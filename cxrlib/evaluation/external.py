@@ -93,37 +93,37 @@ def ceiling_table(data, *, min_readers: int = 2) -> pd.DataFrame:
     and fixations scored against the mean map of the image's other readings (each reading
     counts as another radiologist: the module notes say when that holds)."""
     ids = _ids(data)
-    preds, targets, fixations, rows = [], [], [], []
+    predicted_maps, gaze_maps, fixations, rows = [], [], [], []
     for dicom_id, indices in data.readings_by_image().items():
         if len(indices) < min_readers:
             continue
         samples = [data[i] for i in indices]
         maps = np.stack([s["gaze_map"][0].numpy().astype(np.float64) for s in samples])
         for k, sample in enumerate(samples):
-            preds.append(np.delete(maps, k, axis=0).mean(0))  # the other readings of the image
-            targets.append(maps[k])
+            predicted_maps.append(np.delete(maps, k, axis=0).mean(0))  # the other readings of the image
+            gaze_maps.append(maps[k])
             fixations.append(sample["fixations"].numpy())
             rows.append(indices[k])
     if not rows:
         raise ValueError(f"no image has {min_readers} or more readings: the inter-reader ceiling needs some "
                          f"(REFLACX phases 1 and 2 have up to five per image; check reflacx_phases and min_readers)")
-    scores = saliency_table(np.stack(preds), np.stack(targets), fixations)
+    scores = saliency_table(np.stack(predicted_maps), np.stack(gaze_maps), fixations)
     return pd.concat([ids.iloc[rows].reset_index(drop=True).assign(map=CEILING), scores], axis=1)
 
 
 def model_table(model, data, config, *, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """Per reading: the model's predicted map and the centre bias scored against the reading's
-    map and fixations. Also returns ``stages.predict``'s output (probabilities, maps)."""
+    map and fixations. Also returns the predictions (``stages.predict``: probabilities, maps)."""
     from cxrlib.training.stages import predict
 
-    pred = predict(model, data, config, progress=progress)
-    if pred["saliency"] is None:
+    predictions = predict(model, data, config, progress=progress)
+    if predictions["predicted_map"] is None:
         raise ValueError("the model predicts no saliency map; external validation needs the stage-3 network")
-    ids, target = _ids(data), pred["gaze_map"]
-    centre = np.broadcast_to(metrics.centre_bias_map(target.shape[1:]), target.shape)
-    tables = [pd.concat([ids.assign(map=name), saliency_table(maps, target, pred["fixations"])], axis=1)
-              for name, maps in ((MODEL, pred["saliency"]), (CENTRE, centre))]
-    return pd.concat(tables, ignore_index=True), pred
+    ids, gaze_maps = _ids(data), predictions["gaze_map"]
+    centre = np.broadcast_to(metrics.centre_bias_map(gaze_maps.shape[1:]), gaze_maps.shape)
+    tables = [pd.concat([ids.assign(map=name), saliency_table(maps, gaze_maps, predictions["fixations"])], axis=1)
+              for name, maps in ((MODEL, predictions["predicted_map"]), (CENTRE, centre))]
+    return pd.concat(tables, ignore_index=True), predictions
 
 
 def summary_table(table: pd.DataFrame, *, min_readers: int = 2, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -188,13 +188,13 @@ def gap_to_ceiling(table: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) ->
     return pd.DataFrame(rows)
 
 
-def classification(pred: dict, labels, *, n_boot: int = 1000, seed: int = 0) -> dict | None:
+def classification(predictions: dict, labels, *, n_boot: int = 1000, seed: int = 0) -> dict | None:
     """Diagnosis metrics on the readings a label mapping placed (label >= 0); None without any."""
     labels = np.asarray(labels)
     keep = labels >= 0
     if not keep.any():
         return None
-    probs, y = pred["probs"][keep], labels[keep]
+    probs, y = predictions["probs"][keep], labels[keep]
     scores = metrics.classification_scores(probs, y)
     try:
         _, low, high = metrics.bootstrap_ci(lambda p, t: metrics.classification_scores(p, t)["auc_macro"],
@@ -233,10 +233,10 @@ def save_figure(fig, name: str, config):
     return save(fig, name, config)
 
 
-def readers_figure(data, dicom_id: str | None = None, pred: dict | None = None):
+def readers_figure(data, dicom_id: str | None = None, predictions: dict | None = None):
     """One image: each reading's map with its fixations, the readings' mean, and the model's map.
 
-    ``dicom_id`` None: the image with the most readings. ``pred``: ``model_table``'s second output.
+    ``dicom_id`` None: the image with the most readings. ``predictions``: ``model_table``'s second output.
     """
     import matplotlib.pyplot as plt
 
@@ -251,8 +251,8 @@ def readers_figure(data, dicom_id: str | None = None, pred: dict | None = None):
     image = samples[0]["image"][0].numpy()
     panels = [(f"reading {s['reading_index'] + 1}", s["gaze_map"][0].numpy(), s["fixations"].numpy()) for s in samples]
     panels.append((f"mean of {len(samples)} readings", np.mean([p[1] for p in panels], 0), None))
-    if pred is not None and pred.get("saliency") is not None:
-        panels.append(("model (stage 3)", pred["saliency"][groups[dicom_id][0]], None))
+    if predictions is not None and predictions.get("predicted_map") is not None:
+        panels.append(("model (stage 3)", predictions["predicted_map"][groups[dicom_id][0]], None))
     fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.8), squeeze=False)
     for ax, (title, heat, points) in zip(axes[0], panels):
         overlay(ax, image, heat, points=points, title=title)

@@ -68,10 +68,10 @@ def history_summary(history, metrics=SHOWN_METRICS) -> str:
 
 @dataclass
 class TestReport:
-    """Notebook 05's final numbers: ``pred`` (``stages.predict`` on the test split), ``metrics``
+    """Notebook 05's final numbers: ``predictions`` (``stages.predict`` on the test split), ``metrics``
     (``evaluate.evaluate_predictions``), ``path`` of ``metrics.json`` and the data's label."""
 
-    pred: dict
+    predictions: dict
     metrics: dict
     path: Path
     data_label: str
@@ -115,10 +115,10 @@ def test_report(config, model, data, *, progress: bool = True) -> TestReport:
     from cxrlib.training import stages
 
     scored, _ = evaluate.eval_dataset(data, config)
-    pred = stages.predict(model, scored, config, progress=progress)
-    metrics = evaluate.evaluate_predictions(pred, n_boot=config.n_boot, seed=config.seed, kld_eps=config.kld_eps,
+    predictions = stages.predict(model, scored, config, progress=progress)
+    metrics = evaluate.evaluate_predictions(predictions, n_boot=config.n_boot, seed=config.seed, kld_eps=config.kld_eps,
                                             eval_split=config.eval_split)
     label = evaluate.data_label(config)
     path = evaluate.write_metrics(config.stage_dir / "metrics.json", metrics, profile=config.profile, data=label,
                                   seed=config.seed, image_size=list(config.image_size))
-    return TestReport(pred, metrics, path, label)
+    return TestReport(predictions, metrics, path, label)

@@ -28,6 +28,7 @@ from torch import nn
 from cxrlib import metrics as M
 from cxrlib.config import DEFAULT_CAMS
 from cxrlib.evaluation.evaluate import SALIENCY_KEYS, saliency_table
+from cxrlib.model import predicted_maps
 
 __all__ = ["CAM_METHODS", "LogitsOnly", "cam_maps", "predicted_saliency",
            "standard_methods", "scoreboard", "compare_methods", "scoreboard_figure",
@@ -136,14 +137,11 @@ def cam_maps(model: nn.Module, images: torch.Tensor, *, method: str = "gradcam",
 
 @torch.no_grad()
 def predicted_saliency(model: nn.Module, images: torch.Tensor) -> np.ndarray:
-    """The model's saliency, ``exp(saliency_log)``, as (B, H, W) float64 maps.
-
-    Renormalised in float64: the float32 log-softmax sums to 1 only to about 1e-6.
-    """
+    """The model's predicted maps of ``images`` (:func:`cxrlib.model.predicted_maps`) as (B, H, W)
+    float64, each summing to 1: float64, the CAMs' precision, for the scoreboard."""
     with inference_state(model):
-        log_p = model(images.to(next(model.parameters()).device, torch.float32))["saliency_log"]
-    p = log_p[:, 0].double().exp().cpu().numpy()
-    return p / p.sum(axis=(1, 2), keepdims=True)
+        outputs = model(images.to(next(model.parameters()).device, torch.float32))
+    return predicted_maps(outputs, dtype=torch.float64).cpu().numpy()
 
 
 def standard_methods(final_model: nn.Module, *, encoder_model: nn.Module | None = None,
@@ -176,7 +174,7 @@ def scoreboard(data, methods: dict[str, Callable], *, batch_size: int = 8,
                progress: bool = True) -> pd.DataFrame:
     """Score every method's map of every image against the ground truth (docs/method.md section 6).
 
-    ``data``: a sequence of samples (``image``, ``saliency``, ``fixations``, ``label``,
+    ``data``: a sequence of samples (``image``, ``gaze_map``, ``fixations``, ``label``,
     ``dicom_id``), e.g. an ``EGDDataset``. ``methods``: name -> function of a (B, 1, H, W)
     batch returning (B, H, W) maps that sum to 1 (see ``standard_methods``). CC, KLD and SIM are
     against the gaze map; NSS and AUC-Judd against the fixations (NaN when there are none).

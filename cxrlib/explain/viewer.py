@@ -114,16 +114,16 @@ def qualitative_figure(data, indices, final_model, *, encoder_model=None, baseli
     images, rows, titles = [], [], []
     for i in indices:
         sample = data[i]
-        gt = sample["gaze_map"][0].numpy()
-        row = {"original": None, "gaze (ground truth)": gt}
+        gaze_map = sample["gaze_map"][0].numpy()
+        row = {"original": None, "gaze (ground truth)": gaze_map}
         maps = comparison_maps(sample, final_model, method="centre_bias")
-        row[f"predicted  CC {M.cc(maps['predicted'], gt):.2f}"] = maps["predicted"]
+        row[f"predicted  CC {M.cc(maps['predicted'], gaze_map):.2f}"] = maps["predicted"]
         if baseline_model is not None:
             m = comparison_maps(sample, final_model, baseline_model=baseline_model, method="mtunet")["mtunet"]
-            row[f"MT-UNet  CC {M.cc(m, gt):.2f}"] = m
+            row[f"MT-UNet  CC {M.cc(m, gaze_map):.2f}"] = m
         if encoder_model is not None:
             m = comparison_maps(sample, final_model, encoder_model=encoder_model, method=cam)[cam]
-            row[f"{cam} (stage 1b)  CC {M.cc(m, gt):.2f}"] = m
+            row[f"{cam} (stage 1b)  CC {M.cc(m, gaze_map):.2f}"] = m
         images.append(sample["image"][0].numpy())
         rows.append(row)
         titles.append(CLASS_NAMES[sample["label"]])
@@ -147,19 +147,20 @@ def class_examples(data, per_class: int) -> list[int]:
     return [i for k in range(len(CLASS_NAMES)) for i in [j for j, y in enumerate(labels) if y == k][:per_class]]
 
 
-def best_and_worst(data, pred: dict, *, metric: str = "cc"):
-    """The predicted maps of ``data`` that score best and worst against the gaze (``metric``:
-    ``cc`` or ``sim``, higher is better), side by side with the gaze. Returns the figure and the
-    per-image scores, so a notebook can print what it shows."""
+def best_and_worst(data, predictions: dict, *, metric: str = "cc"):
+    """The predicted maps of ``data`` (``predictions``: ``stages.predict`` on it) that score best
+    and worst against the gaze (``metric``: ``cc`` or ``sim``, higher is better), side by side with
+    the gaze. Returns the figure and the per-image scores, so a notebook can print what it shows."""
     from cxrlib.plots import saliency_grid
 
     score = {"cc": M.cc, "sim": M.sim}[metric]
-    scores = np.array([score(p, t) for p, t in zip(pred["saliency"], pred["gaze_map"])])
+    scores = np.array([score(predicted_map, gaze_map)
+                       for predicted_map, gaze_map in zip(predictions["predicted_map"], predictions["gaze_map"])])
     best, worst = int(np.argmax(scores)), int(np.argmin(scores))
     rows, images, titles = [], [], []
     for name, i in (("best", best), ("worst", worst)):
         images.append(data[i]["image"][0].numpy())
-        rows.append({"gaze (ground truth)": pred["gaze_map"][i], f"predicted  {metric.upper()} {scores[i]:.2f}":
-                     pred["saliency"][i]})
-        titles.append(f"{name}: {CLASS_NAMES[int(pred['labels'][i])]}")
+        rows.append({"gaze (ground truth)": predictions["gaze_map"][i],
+                     f"predicted  {metric.upper()} {scores[i]:.2f}": predictions["predicted_map"][i]})
+        titles.append(f"{name}: {CLASS_NAMES[int(predictions['labels'][i])]}")
     return saliency_grid(images, rows, titles=titles), scores

@@ -16,8 +16,8 @@ from cxrlib.metrics.arrays import as_numpy as _np
 EPS = 2.2204e-16  # MATLAB's eps, as in the benchmark code
 
 
-def _pair(pred, gaze_map) -> tuple[np.ndarray, np.ndarray]:
-    p, g = _np(pred), _np(gaze_map)
+def _pair(predicted_map, gaze_map) -> tuple[np.ndarray, np.ndarray]:
+    p, g = _np(predicted_map), _np(gaze_map)
     if p.shape != g.shape:
         raise ValueError(f"maps differ in shape: {p.shape} vs {g.shape}")
     if not (np.isfinite(p).all() and np.isfinite(g).all()):
@@ -34,68 +34,70 @@ def _to_distribution(x: np.ndarray, name: str) -> np.ndarray:
     return x / total
 
 
-def cc(pred, gaze_map) -> float:
+def cc(predicted_map, gaze_map) -> float:
     """Pearson linear correlation coefficient of two maps (Bylinskii et al. 2019).
 
     A constant map has no defined correlation; it scores 0.0 (chance level), without a warning.
     """
-    p, g = _pair(pred, gaze_map)
+    p, g = _pair(predicted_map, gaze_map)
     a, b = p - p.mean(), g - g.mean()
     denom = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / denom) if denom > 0 else 0.0
 
 
-def kld(pred, gaze_map, eps: float = EPS) -> float:
-    """KL(gaze_map || pred) = sum gaze_map * log(eps + gaze_map / (pred + eps)), both summing to 1.
+def kld(predicted_map, gaze_map, eps: float = EPS) -> float:
+    """KL(gaze_map || predicted_map) = sum gaze_map * log(eps + gaze_map / (predicted_map + eps)),
+    both summing to 1.
 
     The benchmark's KLdiv (Bylinskii et al. 2019), including its eps placement. ``eps=0``: the
-    exact ``sum gaze_map (log gaze_map - log pred)`` (0 log 0 = 0; inf where pred is 0 and gaze_map
-    is not), what the paper's code reports (``F.kl_div(log pred, gt, reduction="batchmean")`` per image).
+    exact ``sum gaze_map (log gaze_map - log predicted_map)`` (0 log 0 = 0; inf where
+    predicted_map is 0 and gaze_map is not), what the paper's code reports
+    (``F.kl_div(log pred, gt, reduction="batchmean")`` per image).
     Lower is better; 0 for identical maps. Negative or all-zero maps raise ValueError.
     """
-    p, g = _pair(pred, gaze_map)
-    p, g = _to_distribution(p, "pred"), _to_distribution(g, "gaze_map")
+    p, g = _pair(predicted_map, gaze_map)
+    p, g = _to_distribution(p, "predicted_map"), _to_distribution(g, "gaze_map")
     if eps <= 0:
         with np.errstate(divide="ignore"):
             return float((xlogy(g, g) - np.where(g > 0, g * np.log(p), 0.0)).sum())
     return float((g * np.log(eps + g / (p + eps))).sum())
 
 
-def sim(pred, gaze_map) -> float:
-    """Similarity / histogram intersection: sum min(pred, gaze_map), both normalised to sum 1.
+def sim(predicted_map, gaze_map) -> float:
+    """Similarity / histogram intersection: sum min(predicted_map, gaze_map), both normalised to sum 1.
 
     Bylinskii et al. 2019; 1 for identical maps, 0 for disjoint ones. Unlike the
     benchmark's MATLAB code there is no min-max rescaling before the sum-normalisation: the maps
     here already are distributions (softmax output, normalised gaze maps).
     """
-    p, g = _pair(pred, gaze_map)
-    p, g = _to_distribution(p, "pred"), _to_distribution(g, "gaze_map")
+    p, g = _pair(predicted_map, gaze_map)
+    p, g = _to_distribution(p, "predicted_map"), _to_distribution(g, "gaze_map")
     return float(np.minimum(p, g).sum())
 
 
-def _fixated(pred, fixation_map) -> tuple[np.ndarray, np.ndarray]:
-    p, f = _pair(pred, fixation_map)
+def _fixated(predicted_map, fixation_map) -> tuple[np.ndarray, np.ndarray]:
+    p, f = _pair(predicted_map, fixation_map)
     fix = f > 0
     if not fix.any():
         raise ValueError("fixation map has no fixated pixel")
     return p, fix
 
 
-def nss(pred, fixation_map) -> float:
+def nss(predicted_map, fixation_map) -> float:
     """Normalized Scanpath Saliency (Bylinskii et al. 2019).
 
     The map is standardised (zero mean, unit standard deviation with ddof=1, as MATLAB's std in
     the benchmark code) and averaged over fixated pixels (``fixation_map > 0``; counts are
     treated as binary). A constant map scores 0.0 (chance level).
     """
-    p, fix = _fixated(pred, fixation_map)
+    p, fix = _fixated(predicted_map, fixation_map)
     std = p.std(ddof=1) if p.size > 1 else 0.0
     if std == 0:
         return 0.0
     return float(((p[fix] - p.mean()) / std).mean())
 
 
-def auc_judd(pred, fixation_map, jitter: bool = True, seed: int = 0) -> float:
+def auc_judd(predicted_map, fixation_map, jitter: bool = True, seed: int = 0) -> float:
     """AUC-Judd (Bylinskii et al. 2019; the benchmark's AUC_Judd.m).
 
     Thresholds are the map's values at the fixated pixels, in descending order; at the i-th
@@ -107,7 +109,7 @@ def auc_judd(pred, fixation_map, jitter: bool = True, seed: int = 0) -> float:
     values near 3e-6, where the benchmark's absolute jitter would not be negligible).
     A constant map scores 0.5 (chance level).
     """
-    p, fix = _fixated(pred, fixation_map)
+    p, fix = _fixated(predicted_map, fixation_map)
     lo, hi = p.min(), p.max()
     if hi == lo:
         return 0.5
@@ -160,13 +162,14 @@ def centre_bias_map(shape: tuple[int, int], width_frac: float = 0.25) -> np.ndar
     return g / g.sum()
 
 
-def saliency_scores(pred, gaze_map, fixation_map=None, *, kld_eps: float = EPS) -> dict[str, float]:
+def saliency_scores(predicted_map, gaze_map, fixation_map=None, *, kld_eps: float = EPS) -> dict[str, float]:
     """CC, KLD and SIM of one (H, W) map against the ground-truth map; NSS and AUC-Judd too
     when a fixation map is given. ``kld_eps``: `kld`'s eps."""
-    out = {"cc": cc(pred, gaze_map), "kld": kld(pred, gaze_map, eps=kld_eps), "sim": sim(pred, gaze_map)}
+    out = {"cc": cc(predicted_map, gaze_map), "kld": kld(predicted_map, gaze_map, eps=kld_eps),
+           "sim": sim(predicted_map, gaze_map)}
     if fixation_map is not None:
-        out["nss"] = nss(pred, fixation_map)
-        out["auc_judd"] = auc_judd(pred, fixation_map)
+        out["nss"] = nss(predicted_map, fixation_map)
+        out["auc_judd"] = auc_judd(predicted_map, fixation_map)
     return out
 
 
@@ -179,13 +182,13 @@ def _maps(x) -> list[np.ndarray]:
     return [_map2d(m) for m in (x if isinstance(x, (list, tuple)) else _np(x))]
 
 
-def batch_saliency_scores(preds, gaze_maps, fixation_maps=None, *, kld_eps: float = EPS) -> pd.DataFrame:
+def batch_saliency_scores(predicted_maps, gaze_maps, fixation_maps=None, *, kld_eps: float = EPS) -> pd.DataFrame:
     """`saliency_scores` per image: one row per image, one column per metric.
 
-    ``preds`` and ``gaze_maps`` are (N, H, W) or (N, 1, H, W) arrays/tensors or sequences of maps.
+    ``predicted_maps`` and ``gaze_maps`` are (N, H, W) or (N, 1, H, W) arrays/tensors or sequences of maps.
     ``fixation_maps`` is None or a sequence of N maps; an entry None gives NaN NSS/AUC-Judd.
     """
-    p, g = _maps(preds), _maps(gaze_maps)
+    p, g = _maps(predicted_maps), _maps(gaze_maps)
     fx = [None] * len(p) if fixation_maps is None else list(fixation_maps)
     fx = [None if f is None else _map2d(f) for f in fx]
     if not len(p) == len(g) == len(fx):

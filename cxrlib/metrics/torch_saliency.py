@@ -34,10 +34,10 @@ def _flat(x: torch.Tensor, name: str) -> torch.Tensor:
     return x.reshape(len(x), -1).to(_work_dtype(x.device))
 
 
-def _pair(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if pred.shape != gt.shape:
-        raise ValueError(f"maps differ in shape: {tuple(pred.shape)} vs {tuple(gt.shape)}")
-    p, g = _flat(pred, "pred"), _flat(gt.to(pred.device), "gt")
+def _pair(predicted_maps: torch.Tensor, gaze_maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if predicted_maps.shape != gaze_maps.shape:
+        raise ValueError(f"maps differ in shape: {tuple(predicted_maps.shape)} vs {tuple(gaze_maps.shape)}")
+    p, g = _flat(predicted_maps, "predicted_maps"), _flat(gaze_maps.to(predicted_maps.device), "gaze_maps")
     if not bool(torch.isfinite(p).all() & torch.isfinite(g).all()):  # one host sync per batch
         raise ValueError("maps contain NaN or inf")
     return p, g
@@ -46,8 +46,8 @@ def _pair(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 def _distributions(p: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     sp, sg = p.sum(1, keepdim=True), g.sum(1, keepdim=True)
     bad = torch.stack([(p < 0).any(), (g < 0).any(), (sp <= 0).any(), (sg <= 0).any()]).tolist()
-    for flag, what in zip(bad, ("pred has negative values", "gt has negative values", "pred sums to zero",
-                                "gt sums to zero")):
+    for flag, what in zip(bad, ("predicted_map has negative values", "gaze_map has negative values",
+                                "predicted_map sums to zero", "gaze_map sums to zero")):
         if flag:
             raise ValueError(what)
     return p / sp, g / sg
@@ -127,20 +127,22 @@ def auc_judd_t(p: torch.Tensor, fix: torch.Tensor, shape, *, seed: int = 0) -> t
 
 
 @torch.no_grad()
-def batch_scores_torch(preds: torch.Tensor, gts: torch.Tensor, fixation_maps: torch.Tensor | None = None, *,
-                       kld_eps: float = EPS, auc: bool = True) -> dict[str, torch.Tensor]:
+def batch_scores_torch(predicted_maps: torch.Tensor, gaze_maps: torch.Tensor,
+                       fixation_maps: torch.Tensor | None = None, *, kld_eps: float = EPS,
+                       auc: bool = True) -> dict[str, torch.Tensor]:
     """CC, KLD and SIM of each (N, H, W) or (N, 1, H, W) map against its ground truth, on the
     maps' device; with ``fixation_maps`` (same shape; ``> 0`` is fixated) NSS and, when ``auc``,
     AUC-Judd too (NaN for images without fixations). Returns {metric: (N,) tensor}."""
-    p, g = _pair(preds, gts)
+    p, g = _pair(predicted_maps, gaze_maps)
     pn, gn = _distributions(p, g)
     out = {"cc": cc_t(p, g), "kld": kld_t(pn, gn, kld_eps), "sim": sim_t(pn, gn)}
     if fixation_maps is not None:
-        fix = _flat(fixation_maps.to(preds.device), "fixation_maps")
+        fix = _flat(fixation_maps.to(predicted_maps.device), "fixation_maps")
         if fix.shape != p.shape:
-            raise ValueError(f"fixation maps {tuple(fixation_maps.shape)} do not match the maps {tuple(preds.shape)}")
+            raise ValueError(f"fixation maps {tuple(fixation_maps.shape)} do not match the maps "
+                             f"{tuple(predicted_maps.shape)}")
         fix = fix > 0
         out["nss"] = nss_t(p, fix)
         if auc:
-            out["auc_judd"] = auc_judd_t(p, fix, preds.shape[-2:])
+            out["auc_judd"] = auc_judd_t(p, fix, predicted_maps.shape[-2:])
     return out

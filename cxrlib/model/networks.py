@@ -25,10 +25,48 @@ def _check_input(x: torch.Tensor) -> None:
         raise ValueError(f"expected input (B, 1, H, W) with H and W multiples of 32, got {tuple(x.shape)}")
 
 
+def predicted_maps(outputs: dict, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The predicted gaze maps of a model's ``outputs``: ``exp(saliency_log)`` as (B, H, W) in
+    ``dtype``, each renormalised to sum to 1 (on the outputs' device, gradient kept).
+
+    The one place the network's log-probabilities become maps, so every caller (predict, the
+    validation scores, the CAM scoreboard, TensorBoard) has the same numerics. The renormalisation
+    is in ``dtype`` because a float32 log-softmax sums to 1 only to about 1e-6."""
+    maps = outputs["saliency_log"][:, 0].to(dtype).exp()
+    return maps / maps.sum(dim=(-2, -1), keepdim=True)
+
+
 class _Net(nn.Module):
-    """timm-style contract shared by all models: forward = forward_head(forward_features(x))."""
+    """timm-style contract shared by all models: forward = forward_head(forward_features(x)).
+
+    ``_renamed_parts``: {old name: new name} of parts renamed since checkpoints were written;
+    ``current_keys`` and ``load_state_dict`` read a state dict with the old names as the new."""
 
     _part_names: tuple[str, ...] = ()
+    _renamed_parts: dict[str, str] = {}
+
+    def __init__(self):
+        super().__init__()
+        if self._renamed_parts:
+            self.register_load_state_dict_pre_hook(self._rename_old_keys)
+
+    @classmethod
+    def current_keys(cls, weights: dict, prefix: str = "") -> dict:
+        """``weights`` (a state dict, keys under ``prefix``) with each renamed part's old keys
+        under its current name; other keys unchanged, in order."""
+        def rename(key: str) -> str:
+            for old, new in cls._renamed_parts.items():
+                if key.startswith(f"{prefix}{old}."):
+                    return f"{prefix}{new}." + key[len(prefix) + len(old) + 1:]
+            return key
+        return {rename(k): v for k, v in weights.items()}
+
+    @staticmethod
+    def _rename_old_keys(module, state_dict, prefix, *args) -> None:
+        """``load_state_dict`` pre-hook: a checkpoint from before a part's rename loads as is."""
+        renamed = module.current_keys(state_dict, prefix)
+        state_dict.clear()
+        state_dict.update(renamed)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_head(self.forward_features(x))
@@ -129,17 +167,20 @@ class DenseNetClassifier(_Net):
     """DenseNet alone with Linear(1920 -> classes): stages 1a/1b (docs/method.md sections 3-4).
 
     The encoder is named ``densenet`` as in DualEncoderMTUNet, so ``densenet.*`` keys carry over.
+    The Linear head is ``linear_head``, not ``classifier`` (the fusion head's name in the
+    multi-task networks); checkpoints written when it was ``classifier`` still load.
     ``embedding`` = GAP(denseblock4), the feature of the contrastive stage (docs/method.md section 3).
     """
 
-    _part_names = ("densenet", "classifier")
+    _part_names = ("densenet", "linear_head")
+    _renamed_parts = {"classifier": "linear_head"}
 
     def __init__(self, *, pretrained=False, num_classes: int = 3, densenet_arch: str = "densenet201",
                  stem: str = "repeat", memory_efficient: bool = False):
         super().__init__()
         self.densenet = DenseNetEncoder(arch=densenet_arch, pretrained=pretrained, stem=stem,
                                         memory_efficient=memory_efficient)
-        self.classifier = nn.Linear(self.densenet.out_channels, num_classes)
+        self.linear_head = nn.Linear(self.densenet.out_channels, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         _check_input(x)
@@ -149,7 +190,7 @@ class DenseNetClassifier(_Net):
         if pre_logits:
             return features["pooled"]  # (B, 1920)
         return {
-            "logits": self.classifier(features["pooled"]),  # (B, num_classes)
+            "logits": self.linear_head(features["pooled"]),  # (B, num_classes)
             "embedding": features["bottleneck"].mean(dim=(2, 3)),  # (B, 1920)
         }
 

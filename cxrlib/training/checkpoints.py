@@ -163,10 +163,18 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return state
 
 
+def _current_keys(model: nn.Module, weights: dict) -> dict:
+    """``weights`` with the keys of parts renamed since the checkpoint was written put under their
+    current names (the networks' ``current_keys``; e.g. stage 1b's ``classifier.*`` ->
+    ``linear_head.*``), so the checks below compare names the model knows."""
+    rename = getattr(model, "current_keys", None)
+    return rename(weights) if rename is not None else weights
+
+
 def load_weights(model: nn.Module, state: dict, source, *, key: str = "model") -> None:
     """``model.load_state_dict(state[key])``, with an error naming ``source`` and the settings
     the checkpoint was written with when the shapes or names do not fit."""
-    weights = state.get(key, state)
+    weights = _current_keys(model, state.get(key, state))
     own = model.state_dict()
     wrong = [f"{k} is {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
              for k, v in weights.items() if k in own and torch.is_tensor(v) and v.shape != own[k].shape]
@@ -192,7 +200,7 @@ def load_init(model: nn.Module, source, *, parts=None) -> list[str]:
     Returns the parts loaded.
     """
     state = load_checkpoint(source) if not isinstance(source, dict) else source
-    weights = state.get("model", state)
+    weights = _current_keys(model, state.get("model", state))
     parts = tuple(parts) if parts is not None else tuple(model.parts())
     own = model.state_dict()
     loaded = {}

@@ -9,14 +9,14 @@ model does this stage train" or "where do its weights come from" asks the regist
 stage    model               trains                       loss                init_from
 =======  ==================  ===========================  ==================  ===========
 stage1a  DenseNetClassifier  densenet (+ projection)      triplet/supcon/...  (ImageNet)
-stage1b  DenseNetClassifier  densenet, classifier         cross-entropy       stage1a
+stage1b  DenseNetClassifier  densenet, linear_head        cross-entropy       stage1a
 stage2   DualEncoderMTUNet   res_se, decoder, sal. head   KL                  stage1b
 stage3   DualEncoderMTUNet   classifier (finetune: all)   CE (+ CE & KL)      stage2
 joint    dual/mtunet/resse   every part, from scratch     CE & KL, weighted   (ImageNet)
 =======  ==================  ===========================  ==================  ===========
 
 :func:`run_stage` trains any of them with the one :class:`~cxrlib.training.trainer.Trainer`; :func:`prepare_data`
-gives the splits, :func:`load_stage_model` a stage's best weights, :func:`predict` a model's outputs.
+gives the splits, :func:`load_stage_model` a stage's best weights, :func:`predict` a model's predictions.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from cxrlib.config.stage_table import NETWORK_FIELDS, STAGE_TABLE, TRAINING_STAG
 from cxrlib.data import collate
 # the notebooks call stages.prepare_data: the data side of a stage, one package down
 from cxrlib.training.bundle import DataBundle, dataset_kwargs, ensure_data, prepare_data  # noqa: F401
-from cxrlib.model import build_model
+from cxrlib.model import build_model, predicted_maps
 from cxrlib.runtime import config_device, seed_everything
 from cxrlib.training.steps import (ce_step, contrastive_extra, contrastive_step, fusion_step, joint_extra, joint_step,
                           saliency_step, with_frozen_densenet, with_fused_features)
@@ -116,7 +116,7 @@ _ENTRIES = (
     # Stage 1a's embedding is taken before DenseNet's norm5, which therefore gets no gradient.
     Stage("stage1a", trains=("densenet",), step=contrastive_step, extra=contrastive_extra, unused_parameters=True),
     # linear_probe: the DenseNet stays frozen (in eval mode, by frozen_bn), only the Linear head trains
-    Stage("stage1b", trains=lambda config: ("classifier",) if config.linear_probe else ("densenet", "classifier"),
+    Stage("stage1b", trains=lambda config: ("linear_head",) if config.linear_probe else ("densenet", "linear_head"),
           init_parts=("densenet",), step=lambda config: ce_step),
     Stage("stage2", trains=_DUAL_TRUNK, init_parts=("densenet",), step=lambda config: saliency_step,
           reuse=with_frozen_densenet),
@@ -305,8 +305,9 @@ def trained_model(config, stage: str, *, model_name: str | None = None, required
 
 @torch.no_grad()
 def predict(model: nn.Module, data, config, *, progress: bool = True) -> dict:
-    """Over a data set: ``probs`` (N, 3), ``labels``, ``saliency`` (N, H, W: the model's predicted
-    map; None for a classifier), ``gaze_map`` (N, H, W: the ground truth), ``fixations`` and ``dicom_id``."""
+    """The predictions over a data set: ``probs`` (N, 3), ``labels``, ``predicted_map`` (N, H, W
+    float32, each summing to 1: :func:`cxrlib.model.predicted_maps`; None for a classifier),
+    ``gaze_map`` (N, H, W: the ground truth), ``fixations`` and ``dicom_id``."""
     from torch.utils.data import DataLoader
 
     from cxrlib.progress import progress_bar
@@ -316,16 +317,16 @@ def predict(model: nn.Module, data, config, *, progress: bool = True) -> dict:
     device = next(model.parameters()).device
     loader = DataLoader(data, batch_size=config.eval_batch_size, shuffle=False, collate_fn=collate,
                         generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
-    out = {"probs": [], "labels": [], "saliency": [], "gaze_map": [], "fixations": [], "dicom_id": []}
+    out = {"probs": [], "labels": [], "predicted_map": [], "gaze_map": [], "fixations": [], "dicom_id": []}
     for batch in progress_bar(loader, total=len(loader), desc="predict", enabled=progress):
         result = model(to_device(batch, device)["image"])
         out["probs"].append(result["logits"].float().softmax(1).cpu().numpy())
         out["labels"].append(batch["label"].numpy())
         if "saliency_log" in result:
-            out["saliency"].append(result["saliency_log"].float().exp().cpu().numpy()[:, 0])
+            out["predicted_map"].append(predicted_maps(result).cpu().numpy())
         out["gaze_map"].append(batch["gaze_map"].numpy()[:, 0])
         out["fixations"] += [f.numpy() for f in batch["fixations"]]
         out["dicom_id"] += batch["dicom_id"]
-    for key in ("probs", "labels", "saliency", "gaze_map"):
+    for key in ("probs", "labels", "predicted_map", "gaze_map"):
         out[key] = np.concatenate(out[key]) if out[key] else None
     return out

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from cxrlib.model import predicted_maps
+
 FOLDER = "tensorboard"
 _WRITERS: dict[str, object] = {}  # stage folder -> its SummaryWriter, one per process
 
@@ -59,5 +61,6 @@ def _log_map(trainer, writer, val_data, step: int) -> None:
         out = trainer._forward(batch)
     if "saliency_log" not in out:
         return
-    sal = out["saliency_log"][0].float().exp().reshape(-1, *out["saliency_log"].shape[-2:])[0]
-    writer.add_image(f"{trainer.config.stage}/val/predicted_map", (sal / sal.max().clamp_min(1e-12))[None].cpu(), step)
+    predicted_map = predicted_maps(out)[0]
+    writer.add_image(f"{trainer.config.stage}/val/predicted_map",
+                     (predicted_map / predicted_map.max().clamp_min(1e-12))[None].cpu(), step)

@@ -44,7 +44,7 @@ from cxrlib.training.batches import EpochShuffle, loader_workers, to_device
 from cxrlib.training.checkpoints import LAST, check_resumable, load_weights
 from cxrlib.training.stage_folder import StageFolder
 from cxrlib.training.history import early_stop, epoch_line
-from cxrlib.model import set_modes, set_trainable
+from cxrlib.model import predicted_maps, set_modes, set_trainable
 from cxrlib.runtime import config_device, rng_state, seed_everything, set_deterministic, set_rng_state
 
 
@@ -316,7 +316,7 @@ class Trainer:
                 labels.append(batch["label"].cpu())
             if "saliency_log" in out and "gaze_map" in batch:  # the test split's scoring, per image
                 # on the model's device, float64 (cxrlib.metrics.torch_saliency): no per-image NumPy loop
-                scores = batch_scores_torch(out["saliency_log"].float().exp(), batch["gaze_map"])
+                scores = batch_scores_torch(predicted_maps(out), batch["gaze_map"][:, 0])
                 for key, values in sal.items():
                     values.append(scores[key])
         sal = {key: torch.cat(values).tolist() if values else [] for key, values in sal.items()}
