@@ -55,6 +55,16 @@ def test_samples_have_the_documented_form(synthetic_root):
     assert set(ds.labels) == {0, 1, 2}
 
 
+def test_gaze_map_for_uses_the_data_sets_own_blur_unless_told(synthetic_root):
+    """Without ``sigma``/``sigma_frac`` the map is the one the sample carries (the data set's
+    ``sigma_frac``, not the paper's 75.5 native pixels); with one, another blur."""
+    ds = dataset(synthetic_root, sigma_frac=0.05)
+    own = ds.gaze_map_for(2)
+    assert np.allclose(own, ds[2]["gaze_map"][0].numpy(), atol=1e-7)
+    assert not np.allclose(ds.gaze_map_for(2, sigma_frac=0.01), own, atol=1e-7)
+    assert np.allclose(ds.gaze_map_for(2, sigma_frac=0.05), own)
+
+
 def test_off_image_gaze_is_dropped_and_counted(synthetic_root):
     summary = dataset(synthetic_root).gaze_summary()
     assert summary["dropped_off_image"].sum() > 0

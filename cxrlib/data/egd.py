@@ -296,11 +296,16 @@ class EGDDataset(Dataset):
         }
 
     def gaze_map_for(self, index: int, *, sigma=None, sigma_frac=None) -> np.ndarray:
-        """The (H, W) gaze map of one image with another sigma (not cached), e.g. to compare."""
+        """The (H, W) gaze map of one image with another sigma (not cached), e.g. to compare.
+
+        ``sigma`` (native pixels) or ``sigma_frac`` (of the long side) as for the data set; with
+        neither, the data set's own blur, so the map equals the one its samples carry."""
         dicom_id = self.sheet["dicom_id"].iloc[index]
         native = read_image(self.image_paths[index], voi_lut=self.voi_lut)
         geometry = Geometry.fit(native.shape, self.image_size, self.resize)
-        sigma_px = resolve_sigma(native.shape, self.sigma if sigma is None else sigma, sigma_frac)
+        if sigma is None and sigma_frac is None:
+            sigma, sigma_frac = self.sigma, self.sigma_frac
+        sigma_px = resolve_sigma(native.shape, sigma, sigma_frac)
         return gaze_map(self.gaze[dicom_id], geometry, sigma_px, dicom_id=dicom_id)[0]
 
     def gaze_summary(self):
