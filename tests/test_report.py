@@ -30,3 +30,16 @@ def test_epoch_line_is_one_plain_line():
     assert "\n" not in line
     assert line.startswith("stage2 epoch 1/10: train loss 0.5123  val loss 0.6000") and "cc 0.400" in line
     assert line.endswith("1.5 s  *best")
+
+
+def test_summary_of_a_finetuned_stage_reads_each_phase_apart():
+    """Stage 3 with mode="finetune": the phases' losses are on different scales, so each is
+    summarised alone, and only the last phase's best epoch is called the checkpoint."""
+    head = history([1.2, 0.5, 0.4], [1.0, 0.45, 0.44], [0.6, 0.6, 0.6]).assign(phase="head")
+    tuned = history([2.0, 1.8], [2.1, 1.9], [0.58, 0.59]).assign(phase="finetune")
+    text = report.history_summary(pd.concat([head, tuned], ignore_index=True))
+    head_part, tuned_part = text.split("finetune phase:")
+    assert head_part.startswith("head phase:")
+    assert "best validation loss 0.4400 at epoch 3: the finetune phase starts from that epoch's weights" in head_part
+    assert "best validation loss 1.9000 at epoch 2: that epoch's weights are the checkpoint" in tuned_part
+    assert "checkpoint" not in head_part

@@ -32,6 +32,17 @@ def history_summary(history, metrics=SHOWN_METRICS) -> str:
     best, and the first and best value of each validation metric the history holds."""
     if history is None or len(history) == 0:
         return "no epochs were trained (the history is empty)"
+    if "phase" in history and history["phase"].nunique() > 1:  # stage 3 with mode="finetune"
+        # each phase apart: their losses are on different scales, and the checkpoint is the last phase's best
+        phases = list(dict.fromkeys(history["phase"]))
+        parts = []
+        for phase in phases:
+            text = history_summary(history[history["phase"] == phase].reset_index(drop=True), metrics)
+            if phase != phases[-1]:
+                text = text.replace("that epoch's weights are the checkpoint (best.pt) the next stage starts from",
+                                    f"the {phases[phases.index(phase) + 1]} phase starts from that epoch's weights")
+            parts.append(f"{phase} phase:\n" + text)
+        return "\n".join(parts)
     n = len(history)
     lines = [f"{n} epoch(s), {history['seconds'].sum():.1f} s of training and validation in all"
              if "seconds" in history else f"{n} epoch(s)"]
