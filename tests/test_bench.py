@@ -11,7 +11,7 @@ def test_benchmark_rows_are_positive_numbers(capsys):
                                   device="cpu", steps=1, warmup=0, base_width=8)
     assert [r["model"] for r in rows] == ["dual", "mtunet", "densenet"]
     for row in rows:
-        for key in ("params", "train_img_s", "infer_img_s", "batch_size"):
+        for key in ("params", "train_img_s", "infer_img_s", "batch_size", "first_train_step_s", "first_infer_step_s"):
             assert row[key] > 0, (row["model"], key, row[key])
         assert row["peak_mem_mib"] > 0  # freed heap is trimmed between models, so each one shows
         assert row["amp"] == "none" and row["image_size"] == "64x64" and row["device"]
@@ -27,6 +27,17 @@ def test_main_prints_table(capsys):
                        "--base-width", "4", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "mtunet" in out and "32x64" in out
+
+
+def test_compile_option_compiles_the_blocks_and_reports_the_first_step(capsys, monkeypatch):
+    """``--compile`` alone compiles the repeated blocks (as the trainer's ``compile=True``), and the
+    table shows the first step's seconds, which hold the compilation (stubbed: inductor takes minutes)."""
+    compiled = []
+    monkeypatch.setattr(bench.precision, "compile_blocks", lambda model, **k: compiled.append(type(model).__name__))
+    assert bench.main(["--models", "mtunet", "--image-size", "32", "32", "--steps", "1", "--warmup", "0",
+                       "--base-width", "4", "--device", "cpu", "--compile"]) == 0
+    out = capsys.readouterr().out
+    assert compiled == ["MTUNet"] and "compile blocks" in out and "first step s (train/infer)" in out
 
 
 def test_bad_arguments():

@@ -140,15 +140,21 @@ def _losses(out: dict, y: torch.Tensor, gaze_map: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def _throughput(step, n_images: int, steps: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):  # cudnn autotuning, allocator growth, lazy init
+def _throughput(step, n_images: int, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
+    """(images per second over ``steps`` timed steps, seconds of the first step): the warm-up
+    steps are not counted in the rate (cuDNN autotuning, allocator growth, lazy init, and with
+    ``compile`` the compilation, which the first step's seconds hold)."""
+    first = None
+    for _ in range(max(warmup, 1)):
+        start = time.perf_counter()
         step()
-    sync_device(device)
+        sync_device(device)
+        first = time.perf_counter() - start if first is None else first
     start = time.perf_counter()
     for _ in range(steps):
         step()
     sync_device(device)
-    return n_images * steps / (time.perf_counter() - start)
+    return n_images * steps / (time.perf_counter() - start), first
 
 
 def _bench_one(name, *, image_size, batch_size, device, steps, warmup, autocast, base_width,
@@ -172,11 +178,11 @@ def _bench_one(name, *, image_size, batch_size, device, steps, warmup, autocast,
         opt = precision.adam(model.parameters(), lr=1e-4, device=device)
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
         scaler = torch.amp.GradScaler(device.type, enabled=autocast.scaler)
-        if compile == "blocks":  # the repeated blocks, in place (precision.compile_blocks)
+        if compile in (True, "blocks"):  # the repeated blocks, in place (precision.compile_blocks)
             precision.compile_blocks(model, what=name)
             forward = model
-        else:
-            forward = precision.compile_step(model, compile, what=name)
+        else:  # "step": the whole forward pass; False: eager
+            forward = precision.compile_step(model, compile == "step", what=name)
 
         def train_step():
             with torch.autocast(device.type, dtype=autocast.dtype, enabled=autocast.enabled):
@@ -191,9 +197,9 @@ def _bench_one(name, *, image_size, batch_size, device, steps, warmup, autocast,
                 forward(x)
 
         model.train()
-        train_rate = _throughput(train_step, batch_size, steps, warmup, device)
+        train_rate, first_train = _throughput(train_step, batch_size, steps, warmup, device)
         model.eval()
-        infer_rate = _throughput(infer_step, batch_size, steps, warmup, device)
+        infer_rate, first_infer = _throughput(infer_step, batch_size, steps, warmup, device)
     del model, opt
     return {
         "model": name,
@@ -201,11 +207,13 @@ def _bench_one(name, *, image_size, batch_size, device, steps, warmup, autocast,
         "image_size": f"{h}x{w}",
         "batch_size": batch_size,
         "amp": autocast.name if autocast.enabled else "none",
-        "options": ",".join([o for o, on in (("channels_last", cl), ("compile" if compile is True else f"compile {compile}", compile),
+        "options": ",".join([o for o, on in (("channels_last", cl), ("compile blocks" if compile is True else f"compile {compile}", compile),
                                              ("checkpointing", checkpointing)) if on]) or "-",
         "params": params,
         "train_img_s": train_rate,
         "infer_img_s": infer_rate,
+        "first_train_step_s": first_train,  # with compile: the compilation of the training graphs
+        "first_infer_step_s": first_infer,
         "peak_mem_mib": memory.mib,
         "memory_measure": memory.label,
     }
@@ -213,7 +221,7 @@ def _bench_one(name, *, image_size, batch_size, device, steps, warmup, autocast,
 
 def benchmark_models(names=("dual", "mtunet", "densenet"), *, image_size=(320, 256), batch_size: int = 2,
                      device=None, steps: int = 3, warmup: int = 1, amp=None, base_width: int = 64,
-                     channels_last=None, compile: bool = False, checkpointing: bool = False) -> list[dict]:
+                     channels_last=None, compile=False, checkpointing: bool = False) -> list[dict]:
     """One row per model: params, train/inference images per second, peak memory, device, AMP.
 
     ``amp``: None/"auto" (CUDA: bf16 on cards with native bf16, else fp16; none elsewhere),
@@ -245,15 +253,16 @@ def format_benchmark(rows: list[dict]) -> str:
     if not rows:
         return "(no models)"
     measure = rows[0]["memory_measure"]
-    header = ("model", "params", "train img/s", "infer img/s", f"peak MiB ({measure})",
+    header = ("model", "params", "train img/s", "infer img/s", "first step s (train/infer)", f"peak MiB ({measure})",
               "amp", "batch", "image", "options", "device")
     cells = [header] + [
         (r["model"], f"{r['params'] / 1e6:.2f}M", f"{r['train_img_s']:.2f}", f"{r['infer_img_s']:.2f}",
+         f"{r['first_train_step_s']:.1f}/{r['first_infer_step_s']:.1f}",
          f"{r['peak_mem_mib']:.0f}", r["amp"], str(r["batch_size"]), r["image_size"], r["options"], r["device"])
         for r in rows
     ]
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
-    left = {0, 5, 7, 8, 9}  # text columns left-aligned, numbers right-aligned
+    left = {0, 6, 8, 9, 10}  # text columns left-aligned, numbers right-aligned
     lines = ["  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in cells]
     lines.insert(1, "-" * len(lines[0]))
@@ -274,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: bf16 on cards with native bf16, else fp16; fp16 stands for a T4")
     parser.add_argument("--base-width", type=int, default=None)
     parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto", help="auto: CUDA only")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the step")
+    parser.add_argument("--compile", nargs="?", const="blocks", default=False, choices=["blocks", "step"],
+                        help="torch.compile the repeated blocks (alone or 'blocks') or the whole forward pass "
+                             "('step'); the table's first-step seconds then hold the compilation")
     parser.add_argument("--checkpointing", choices=["auto", "on", "off"], default="auto",
                         help="activation checkpointing; auto: off (--models), the profile's (--stage)")
     parser.add_argument("--stage", nargs="+", default=None, metavar="STAGE",

@@ -199,10 +199,13 @@ def suite_markdown(result: dict) -> str:
              f"{result['profile']}" + (f", overrides {result['overrides']}" if result["overrides"] else "")
              + f", {result['steps']} timed steps after {result['warmup']} warm-up; {result['wall_s']:.0f} s in all.", ""]
     if result["network"]:
-        lines += ["| dual-encoder network | image | batch | amp | train img/s | infer img/s | peak MiB | wall s (with warm-up) |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["| dual-encoder network | image | batch | amp | train img/s | infer img/s | peak MiB | "
+                  "first step s, train/infer (compiled: with the compilation) | wall s (with warm-up) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['options']} | {r['image_size']} | {r['batch_size']} | {r['amp']} | {r['train_img_s']:.2f} | "
-                  f"{r['infer_img_s']:.2f} | {r['peak_mem_mib']:.0f} | {r['wall_s']:.0f} |" for r in result["network"]]
+                  f"{r['infer_img_s']:.2f} | {r['peak_mem_mib']:.0f} | "
+                  f"{r['first_train_step_s']:.1f} / {r['first_infer_step_s']:.1f} | {r['wall_s']:.0f} |"
+                  for r in result["network"]]
         lines.append("")
     if result["stages"]:
         lines += ["| stage | amp | train img/s | eval img/s | peak GiB, steps | peak GiB, precompute | epoch s | stage min "
