@@ -34,8 +34,8 @@ PROFILE_DEFAULTS = {
         "explain": {"max_images": 60},
         "joint": {"epochs": 10, "batch_size": 8},
         # notebook 07 only reads finished variants in `cxrlib run --profile demo` (which stays
-        # within minutes); `cxrlib ablate --profile demo` trains them (about 45 min on a quiet 2-core CPU:
-        # about 15 min per seed, the stage times measured in docs/reproduction-notes.md).
+        # within minutes); `cxrlib ablate --profile demo` trains them (its cost, from the measured
+        # stage times: docs/reproduction-notes.md, "CPU budget of the demo ablation").
         "results": {"seeds": (0, 1, 2), "train_missing": False},
         "external": {"synthetic_reflacx_images": 40},
     },
