@@ -157,7 +157,10 @@ def summary_table(metrics: dict, timings, run_dir) -> str:
     lines += [f"{name:<40} {seconds:>7.0f}" for name, seconds in timings]
     lines.append(f"{'total':<40} {sum(s for _, s in timings):>7.0f}")
     if metrics:
-        lines += ["", "test split (metrics.json)        value   95% CI"]
+        scored = {"val": "validation split", "train": "training split"}.get(metrics.get("eval_split"), "test split")
+        lines += ["", f"{scored + ' (metrics.json)':<32} value   95% CI"]
+        if metrics.get("eval_split") == "val":  # the paper code's protocol (fidelity="code")
+            lines.append("(optimistic: the same split chose the checkpoint)")
         for group, keys in (("classification", ("auc_macro", "auc_micro", "accuracy", "f1_macro")),
                             ("saliency", SALIENCY_KEYS), ("baseline_centre", SALIENCY_KEYS)):
             for key in keys:

@@ -44,3 +44,13 @@ def test_cli_trains_every_registered_stage():
         assert build_parser().parse_args(["train", "--stage", stage]).stage == stage
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--stage", "explain"])  # trains nothing
+
+
+def test_summary_names_the_split_it_scored():
+    """A run scored on validation (the code's protocol) must not print "test split"."""
+    from cxrlib.run import summary_table
+
+    metrics = {"eval_split": "val", "classification": {"auc_macro": 0.8, "auc_macro_ci": [0.7, 0.9]}}
+    text = summary_table(metrics, [("05_stage3_fusion.ipynb", 1.0)], "/tmp/x")
+    assert "validation split (metrics.json)" in text and "test split" not in text and "optimistic" in text
+    assert "test split (metrics.json)" in summary_table({**metrics, "eval_split": "test"}, [], "/tmp/x")
